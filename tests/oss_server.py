@@ -1,0 +1,1 @@
+"""Loopback OSS server fixture (filled by the storage tests)."""

@@ -1,0 +1,1 @@
+"""Generated test videos (filled by the video tests)."""

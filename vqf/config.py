@@ -1,0 +1,316 @@
+"""Recipes: YAML files loaded into typed dataclasses, with command-line overrides.
+
+The dataclasses are the schema. `load_recipe` reads a YAML file with `yaml.safe_load`,
+applies overrides (`section.key=value` and the seed's flags), and builds frozen
+dataclasses; an unknown key or a bad value raises ConfigError naming the key, the value and
+what is allowed. `resolved_dict` gives the final config (secrets masked) to write next to the
+outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from vqf.errors import ConfigError
+
+GB = 1024**3
+MB = 1024**2
+
+
+@dataclass(frozen=True)
+class OssConfig:
+    """OSS access. Credentials come from the environment (OSS_ACCESS_KEY_ID,
+    OSS_ACCESS_KEY_SECRET, OSS_ENDPOINT) unless given here; they are never written out."""
+
+    endpoint: str = ""
+    access_key_id: str = ""
+    access_key_secret: str = ""
+    retries: int = 5
+    backoff_s: float = 0.5
+    backoff_max_s: float = 20.0
+    connect_timeout_s: float = 10.0
+    timeout_s: float = 300.0
+    part_size_mb: int = 16
+    parallel_parts: int = 4
+    parallel_min_mb: int = 64
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """Tiers, tried in order: CPFS, Alluxio (when the row asks), OSS, plain paths and URLs."""
+
+    cpfs_root: str = ""
+    alluxio_root: str = ""
+    local_root: str = ""
+    allow_http: bool = True
+    oss: OssConfig = field(default_factory=OssConfig)
+    cache_dir: str = ""
+    cache_budget_gb: float = 180.0
+    max_video_mb: float = 4096.0
+    http_timeout_s: float = 120.0
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """The seed's sampling (DESIGN.md section 3) and the clip geometry."""
+
+    whole_frames: int = 48
+    window_s: float = 4.0
+    stride_s: float = 3.0
+    window_frames: int = 48
+    tail_min_s: float = 1.0
+    min_duration_s: float = 0.0
+    min_frames: int = 1
+    height: int = 256
+    width: int = 256
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    detect_frames: int = 4
+    detect_size: int = 960
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """How videos are decoded. `route: auto` picks per video from the probe."""
+
+    route: Literal["auto", "nvdec", "dali-cpu", "pyav"] = "auto"
+    batch_size: int = 2
+    workers: int = 2
+    prefetch: int = 4
+    timeout_s: float = 120.0
+    max_pixels: int = 7680 * 4320
+    max_frames_decoded: int = 20000
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """One model instance per GPU. `path` is a local folder or a storage URI (oss://...)."""
+
+    kind: Literal["vjepa2", "yolo"] = "vjepa2"
+    path: str = ""
+    init: Literal["pretrained", "random"] = "pretrained"
+    size: Literal["tiny", "large", "giant"] = "tiny"
+    batch_size: int = 8
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
+
+
+@dataclass(frozen=True)
+class FilterConfig:
+    """A filter's switch and options. `options` is checked by the filter's own Config."""
+
+    enable: bool = True
+    model: str = ""
+    head: str = ""
+    thresholds: dict[str, float] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """The rank process."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    gpus: int = 0
+    clip_batch: int = 8
+    writer_flush_rows: int = 16
+    max_rows: int = 0
+    progress_every_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """The demo generates its own videos and input table when `generate` is set."""
+
+    generate: bool = False
+    dir: str = "runs/demo"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str = "recipe"
+    tables: str = ""
+    outputs: str = ""
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    models: dict[str, ModelConfig] = field(default_factory=dict)
+    filters: dict[str, FilterConfig] = field(default_factory=dict)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)
+
+
+# The seed's command-line flags, mapped onto recipe keys.
+SEED_FLAGS = {
+    "tables": "tables",
+    "outputs": "outputs",
+    "vfx_enable": "filters.vfx.enable",
+    "com_enable": "filters.simcam.enable",
+    "rov_enable": "filters.rov.enable",
+    "low_quality_enable": "filters.low_quality.enable",
+}
+
+SECRET_KEYS = ("access_key_id", "access_key_secret", "password", "token")
+
+
+def load_recipe(path: str | Path, *, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Reads a recipe file and applies `key.path=value` overrides in order."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe {str(path)!r} does not exist", hint="pass a file from pipelines/")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"recipe {str(path)!r} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe {str(path)!r} must be a mapping, got {type(data).__name__}")
+    data.setdefault("name", path.stem)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not key=value", hint="e.g. engine.clip_batch=4")
+        data = apply_override(data, key.strip(), yaml.safe_load(value) if value != "" else "")
+    recipe = build(Recipe, data, "recipe")
+    _check_references(recipe)
+    return recipe
+
+
+def apply_override(data: dict, dotted: str, value: Any) -> dict:
+    """A copy of `data` with `dotted` (a.b.c) set to `value`; the input is not mutated."""
+    head, _, rest = dotted.partition(".")
+    out = dict(data)
+    if rest:
+        inner = out.get(head) or {}
+        if not isinstance(inner, dict):
+            raise ConfigError(f"cannot set {dotted!r}: {head!r} is not a section")
+        out[head] = apply_override(inner, rest, value)
+    else:
+        out[head] = value
+    return out
+
+
+def seed_flag_overrides(flags: dict[str, str | None]) -> list[str]:
+    """Turns the seed's flags (`--vfx_enable true`) into `key=value` overrides."""
+    out = []
+    for flag, value in flags.items():
+        if value is None:
+            continue
+        key = SEED_FLAGS[flag]
+        if key.endswith(".enable"):
+            lowered = str(value).strip().lower()
+            if lowered not in ("true", "false"):
+                raise ConfigError(
+                    f"--{flag} {value!r} is not a boolean", hint="allowed values: true, false"
+                )
+            value = lowered
+        out.append(f"{key}={value}")
+    return out
+
+
+def build(cls: Any, data: Any, where: str) -> Any:
+    """Builds `cls` (a dataclass or a typing form) from plain YAML data, strictly."""
+    origin = typing.get_origin(cls)
+    args = typing.get_args(cls)
+    if dataclasses.is_dataclass(cls):
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where} must be a mapping, got {data!r}")
+        hints = typing.get_type_hints(cls)
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(data) - set(names))
+        if unknown:
+            raise ConfigError(
+                f"unknown key {where}.{unknown[0]} (value {data[unknown[0]]!r})",
+                hint=f"allowed keys in {where}: {', '.join(names)}",
+            )
+        return cls(**{k: build(hints[k], v, f"{where}.{k}") for k, v in data.items()})
+    if origin is Literal:
+        if data not in args:
+            raise ConfigError(
+                f"{where} = {data!r} is not allowed",
+                hint=f"allowed values: {', '.join(map(str, args))}",
+            )
+        return data
+    if origin in (typing.Union, types.UnionType):
+        if data is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return build(inner[0], data, where)
+    if origin is dict:
+        if data is None:
+            return {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where} must be a mapping, got {data!r}")
+        return {str(k): build(args[1], v, f"{where}.{k}") for k, v in data.items()}
+    if origin in (tuple, list):
+        if not isinstance(data, (list, tuple)):
+            raise ConfigError(f"{where} must be a list, got {data!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(data) != len(args):
+                raise ConfigError(f"{where} must have {len(args)} items, got {data!r}")
+            return tuple(build(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, data)))
+        item = args[0] if args else Any
+        return origin(build(item, v, f"{where}[{i}]") for i, v in enumerate(data))
+    if cls is Any:
+        return data
+    if cls is bool:
+        if isinstance(data, bool):
+            return data
+        if isinstance(data, str) and data.lower() in ("true", "false"):
+            return data.lower() == "true"
+        raise ConfigError(f"{where} = {data!r} is not a boolean", hint="allowed values: true, false")
+    if cls is int:
+        if isinstance(data, bool) or not isinstance(data, int):
+            raise ConfigError(f"{where} = {data!r} is not an integer")
+        return data
+    if cls is float:
+        if isinstance(data, bool) or not isinstance(data, (int, float)):
+            raise ConfigError(f"{where} = {data!r} is not a number")
+        return float(data)
+    if cls is str:
+        if isinstance(data, (dict, list)):
+            raise ConfigError(f"{where} = {data!r} is not a string")
+        return "" if data is None else str(data)
+    raise ConfigError(f"{where}: unsupported type {cls!r}")
+
+
+def _check_references(recipe: Recipe) -> None:
+    for name, spec in recipe.filters.items():
+        if spec.enable and spec.model and spec.model not in recipe.models:
+            raise ConfigError(
+                f"filters.{name}.model = {spec.model!r} names no model",
+                hint=f"models in this recipe: {', '.join(recipe.models) or 'none'}",
+            )
+    if recipe.decode.batch_size < 1 or recipe.engine.clip_batch < 1:
+        raise ConfigError("decode.batch_size and engine.clip_batch must be at least 1")
+    if recipe.sampling.whole_frames < 1 or recipe.sampling.window_frames < 1:
+        raise ConfigError("sampling.whole_frames and sampling.window_frames must be at least 1")
+    if recipe.sampling.stride_s <= 0 or recipe.sampling.window_s <= 0:
+        raise ConfigError("sampling.window_s and sampling.stride_s must be positive")
+
+
+def resolved_dict(recipe: Recipe) -> dict[str, Any]:
+    """The final config as plain data, secrets masked: what is written next to the outputs."""
+    return _mask(dataclasses.asdict(recipe))
+
+
+def _mask(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {
+            k: ("***" if k in SECRET_KEYS and v else _mask(v)) for k, v in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return [_mask(v) for v in value]
+    return value
+
+
+def write_resolved(recipe: Recipe, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(resolved_dict(recipe), sort_keys=False))
