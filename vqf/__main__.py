@@ -1,0 +1,5 @@
+import sys
+
+from vqf.cli import main
+
+sys.exit(main())

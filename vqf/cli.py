@@ -1,0 +1,184 @@
+"""The `vqf` command: run, probe, doctor, list, models, bench-video."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from vqf.config import SEED_FLAGS, Recipe, load_recipe, seed_flag_overrides, write_resolved
+from vqf.errors import ConfigError, TableError, VqfError
+
+log = logging.getLogger("vqf")
+
+
+def configure_logging(level: str | None = None) -> None:
+    level = level or os.environ.get("VQF_LOG", "INFO")
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as e:
+        print(f"vqf: bad configuration: {e}", file=sys.stderr)
+        return 2
+    except TableError as e:
+        print(f"vqf: table error: {e}", file=sys.stderr)
+        return 3
+    except VqfError as e:
+        print(f"vqf: {e}", file=sys.stderr)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vqf", description="GPU video quality filter")
+    p.add_argument("--log-level", default=None, help="DEBUG, INFO (default), WARNING")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a recipe over a table of videos")
+    _recipe_args(run)
+    run.add_argument("--gpus", type=int, default=0, help="ranks to spawn on this machine (default: 1)")
+    run.set_defaults(func=cmd_run)
+
+    probe = sub.add_parser("probe", help="print a video's metadata and sampling plan")
+    probe.add_argument("target", help="a local file, oss://bucket/key or http(s) URL")
+    probe.add_argument("--recipe", default=None, help="recipe whose sampling and storage to use")
+    probe.set_defaults(func=cmd_probe)
+
+    doctor = sub.add_parser("doctor", help="what is available here, with hints")
+    doctor.add_argument("--recipe", default=None, help="also check this recipe's storage roots")
+    doctor.set_defaults(func=cmd_doctor)
+
+    lst = sub.add_parser("list", help="list registered filters, storage tiers or table formats")
+    lst.add_argument("what", choices=["filters", "tiers"])
+    lst.add_argument("pattern", nargs="?", default="*")
+    lst.set_defaults(func=cmd_list)
+
+    models = sub.add_parser("models", help="model checkpoints")
+    msub = models.add_subparsers(dest="models_command", required=True)
+    init = msub.add_parser("init-random", help="write a complete set of random checkpoints")
+    init.add_argument("dir")
+    init.add_argument("--size", default="tiny", choices=["tiny", "large", "giant"])
+    init.add_argument("--seed", type=int, default=0)
+    init.set_defaults(func=cmd_models_init_random)
+
+    bench = sub.add_parser("bench-video", help="decode benchmark of the video plane (prints numbers)")
+    bench.add_argument("rest", nargs=argparse.REMAINDER)
+    bench.set_defaults(func=lambda a: __import__("vqf.video.bench", fromlist=["main"]).main(a.rest))
+    return p
+
+
+def _recipe_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipe", help="a YAML recipe, e.g. pipelines/demo.yaml")
+    for flag in SEED_FLAGS:
+        p.add_argument(f"--{flag}", default=None, metavar="VALUE")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override any recipe key, e.g. --set engine.clip_batch=4 (repeatable)",
+    )
+
+
+def load_from_args(args: argparse.Namespace) -> Recipe:
+    flags = {flag: getattr(args, flag) for flag in SEED_FLAGS}
+    recipe = load_recipe(args.recipe, overrides=[*seed_flag_overrides(flags), *args.overrides])
+    from vqf.filters import FILTERS
+
+    for name in recipe.filters:
+        FILTERS.get(name)  # an unknown filter name is a ConfigError listing the known ones
+    if not recipe.tables or not recipe.outputs:
+        raise ConfigError("the recipe names no input or output table", hint="pass --tables URI --outputs URI")
+    return recipe
+
+
+def resolved_config_path(recipe: Recipe) -> Path:
+    """Next to the outputs when they are local, else under runs/."""
+    if "://" in recipe.outputs:
+        return Path("runs") / f"{recipe.name}.resolved.yaml"
+    return Path(recipe.outputs) / "resolved_config.yaml"
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    recipe = load_from_args(args)
+    from vqf.ops.demo import prepare_demo
+
+    prepare_demo(recipe)
+    from vqf.engine.launch import run_job
+    from vqf.ops.status import StatusLine
+
+    rank = int(os.environ.get("RANK", "0"))
+    if rank == 0:
+        write_resolved(recipe, resolved_config_path(recipe))
+    status = StatusLine()
+    snaps = run_job(recipe, ranks=max(1, args.gpus), status=status)
+    if rank == 0 and snaps:
+        print(f"outputs: {recipe.outputs}")
+    return 0
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from vqf.config import build
+
+    recipe = load_recipe(args.recipe) if args.recipe else build(Recipe, {}, "recipe")
+    from vqf.video.probe import describe
+
+    target = args.target
+    if "://" in target and not target.startswith("file://"):
+        from vqf.schema import InputRow
+        from vqf.storage import Fetcher
+
+        bucket, _, key = target.partition("://")[2].partition("/")
+        row = InputRow(video_id="probe", oss_bucket=bucket if target.startswith("oss://") else "",
+                       video_path=key if target.startswith("oss://") else target)
+        with Fetcher(recipe.storage).fetch(row) as fetched:
+            print(describe(fetched.path, recipe=recipe))
+        return 0
+    print(describe(Path(target.removeprefix("file://")), recipe=recipe))
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from vqf.ops.doctor import report
+
+    recipe = load_recipe(args.recipe) if args.recipe else None
+    print(report(recipe))
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    if args.what == "filters":
+        from vqf.filters import FILTERS, describe_filters
+
+        for entry in describe_filters():
+            if entry["name"] in FILTERS.names(args.pattern):
+                print(json.dumps(entry))
+    else:
+        from vqf.storage import TIERS
+
+        for name in TIERS.names(args.pattern):
+            print(name)
+    return 0
+
+
+def cmd_models_init_random(args: argparse.Namespace) -> int:
+    from vqf.models.checkpoints import init_random
+
+    out = init_random(Path(args.dir), size=args.size, seed=args.seed)
+    print(f"wrote random {args.size} checkpoints under {args.dir}")
+    if out:
+        print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""Starting ranks: one process, `--gpus N` through torch.multiprocessing, or torchrun's environment.
+
+One rank per GPU. Under torchrun, RANK / WORLD_SIZE / LOCAL_RANK come from its environment;
+`vqf run --gpus N` spawns N ranks on this machine itself; with neither, one rank. Ranks meet in
+a torch.distributed process group (gloo on CPU, NCCL never needed: only the store and
+barriers are used), so progress reaches rank 0 through the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from vqf.config import Recipe
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RankSpec:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: str
+
+
+def pick_device(recipe: Recipe, local_rank: int) -> str:
+    import torch
+
+    want = recipe.engine.device
+    if want == "cpu" or (want == "auto" and not torch.cuda.is_available()):
+        return "cpu"
+    if not torch.cuda.is_available():
+        from vqf.errors import ConfigError
+
+        raise ConfigError("engine.device = 'cuda' but CUDA is not available", hint="use engine.device=cpu")
+    return f"cuda:{local_rank % torch.cuda.device_count()}"
+
+
+def run_job(recipe: Recipe, *, ranks: int = 1, status=None) -> list[dict[str, Any]]:
+    """Runs the whole job from this process; returns the snapshot of each local rank.
+
+    `status(snapshots)` is called on rank 0 every `engine.progress_every_s` with the latest
+    snapshot of every rank.
+    """
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        spec = RankSpec(
+            rank=int(os.environ["RANK"]),
+            world_size=int(os.environ["WORLD_SIZE"]),
+            local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+            device="",
+        )
+        return [_rank_main(spec, recipe, status)]
+    if ranks <= 1:
+        spec = RankSpec(rank=0, world_size=1, local_rank=0, device="")
+        return [_rank_main(spec, recipe, status)]
+    import torch.multiprocessing as mp
+
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    ctx = mp.get_context("spawn")
+    results = ctx.Manager().dict()
+    procs = []
+    for rank in range(ranks):
+        spec = RankSpec(rank=rank, world_size=ranks, local_rank=rank, device="")
+        p = ctx.Process(target=_spawned, args=(spec, recipe, results, status if rank == 0 else None))
+        p.start()
+        procs.append(p)
+    for p in procs:
+        p.join()
+    failed = [i for i, p in enumerate(procs) if p.exitcode != 0]
+    if failed:
+        raise RuntimeError(f"ranks {failed} exited with an error; rerun to resume where they stopped")
+    return [results[r] for r in range(ranks)]
+
+
+def _spawned(spec: RankSpec, recipe: Recipe, results, status) -> None:
+    from vqf.cli import configure_logging
+
+    configure_logging()
+    results[spec.rank] = _rank_main(spec, recipe, status)
+
+
+def _rank_main(spec: RankSpec, recipe: Recipe, status) -> dict[str, Any]:
+    from vqf.engine.rank import Rank
+
+    device = pick_device(recipe, spec.local_rank)
+    group = _ProgressGroup(spec) if spec.world_size > 1 else None
+    rank = Rank(recipe, rank=spec.rank, world_size=spec.world_size, device=device)
+    reporter = _Reporter(rank.stats, group, status, every_s=recipe.engine.progress_every_s)
+    reporter.start()
+    try:
+        snap = rank.run(
+            barrier=group.barrier if group else None, local_leader=spec.local_rank == 0
+        )
+    finally:
+        reporter.stop()
+    if group is not None:
+        group.publish(snap, final=True)
+        group.barrier()
+        if spec.rank == 0 and status is not None:
+            status(group.collect(), final=True)
+        group.close()
+    elif status is not None:
+        status([snap], final=True)
+    return snap
+
+
+class _ProgressGroup:
+    """The ranks' meeting point: a gloo process group, its store for progress, and barriers."""
+
+    def __init__(self, spec: RankSpec):
+        import torch.distributed as dist
+
+        self.spec = spec
+        if not dist.is_initialized():
+            dist.init_process_group("gloo", rank=spec.rank, world_size=spec.world_size)
+        self.dist = dist
+        from torch.distributed.distributed_c10d import _get_default_store
+
+        self.store = _get_default_store()
+
+    def publish(self, snap: dict[str, Any], *, final: bool = False) -> None:
+        import json
+
+        snap = dict(snap, final=final)
+        self.store.set(f"vqf/progress/{self.spec.rank}", json.dumps(snap, default=str))
+
+    def collect(self) -> list[dict[str, Any]]:
+        import json
+
+        out = []
+        for r in range(self.spec.world_size):
+            key = f"vqf/progress/{r}"
+            if self.store.check([key]):
+                out.append(json.loads(self.store.get(key)))
+        return out
+
+    def barrier(self) -> None:
+        self.dist.barrier()
+
+    def close(self) -> None:
+        self.dist.destroy_process_group()
+
+
+class _Reporter:
+    """Publishes this rank's progress; on rank 0 also calls `status` with every rank's."""
+
+    def __init__(self, stats, group: _ProgressGroup | None, status, *, every_s: float):
+        self.stats, self.group, self.status, self.every_s = stats, group, status, every_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="vqf-progress", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every_s):
+            snap = self.stats.snapshot()
+            try:
+                if self.group is not None:
+                    self.group.publish(snap)
+                    if self.status is not None and self.group.spec.rank == 0:
+                        self.status(self.group.collect(), final=False)
+                elif self.status is not None:
+                    self.status([snap], final=False)
+            except Exception as e:  # progress display must never stop the work
+                log.debug("progress report failed: %s", e)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

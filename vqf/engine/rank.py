@@ -1,0 +1,290 @@
+"""One rank: its slice of the table through fetch+probe+plan, the DALI graph, the models, the sink.
+
+```
+work ──► prepare pool (fetch, probe, plan) ──► [detect] ──► decode batch ──► model stage ──► writer
+           failures go straight to the writer as failure rows
+```
+Every input row of the slice that the output does not hold yet ends as exactly one record.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any
+
+from vqf.config import Recipe
+from vqf.engine.stats import RankStats
+from vqf.engine.work import WorkItem, select_work
+from vqf.engine.writer import Writer
+from vqf.errors import ErrorType, Stage, VideoError
+from vqf.schema import DeviceInfo, failure_record, now, success_record
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Ready:
+    item: WorkItem
+    fetched: Any
+    prepared: Any
+    started: float
+    start_time: str
+    roi: Any = None
+    detect_info: dict = field(default_factory=dict)
+
+
+class Rank:
+    """Owns one device, one video plane, the models and a writer thread."""
+
+    def __init__(self, recipe: Recipe, *, rank: int, world_size: int, device: str, stats=None):
+        self.recipe = recipe
+        self.rank = rank
+        self.world_size = world_size
+        self.device = device
+        self.stats = stats or RankStats(rank=rank, world_size=world_size, device=device)
+        self.device_info = describe_device(device, rank=rank, world_size=world_size)
+
+    # -- set-up ------------------------------------------------------------------------------
+    def _open_tables(self):
+        from vqf.tables import open_sink, open_source, shard_range
+
+        source = open_source(self.recipe.tables)
+        total = source.count()
+        start, count = shard_range(total, rank=self.rank, world_size=self.world_size)
+        sink = open_sink(self.recipe.outputs, rank=self.rank, world_size=self.world_size)
+        work = select_work(source.read(start=start, count=count), start=start, done=sink.done_counts())
+        self.stats.total = count
+        self.stats.add("rows_skipped_done", count - len(work))
+        return sink, work
+
+    def _build_stages(self, *, barrier=None, local_leader: bool = True):
+        from vqf.engine.models_stage import ModelStage
+        from vqf.models import ModelBank
+        from vqf.storage import Fetcher
+        from vqf.video import VideoPlane
+
+        self.fetcher = Fetcher(self.recipe.storage)
+        self.plane = VideoPlane(recipe=self.recipe, device=self.device)
+        resolve = self._fetch_checkpoints(local_leader=local_leader, barrier=barrier)
+        self.bank = ModelBank.load(recipe=self.recipe, device=self.device, resolve=resolve)
+        filters = build_filters(recipe=self.recipe, bank=self.bank)
+        self.detectors = [f for f in filters if "detect" in f.reads]
+        self.frame_filters = [f for f in filters if getattr(f, "model_name", "") == "" and f not in self.detectors]
+        learned = [f for f in filters if f not in self.detectors and f not in self.frame_filters]
+        self.models = ModelStage(
+            filters=learned, bank=self.bank, clip_batch=self.recipe.engine.clip_batch, stats=self.stats
+        )
+        self.extra = {"recipe": self.recipe.name}
+        if self.bank.random_models:
+            self.extra["random_init"] = sorted(self.bank.random_models)
+            log.warning("models initialised at random (scores are meaningless): %s",
+                        ", ".join(sorted(self.bank.random_models)))
+
+    def _fetch_checkpoints(self, *, local_leader: bool, barrier):
+        """Remote checkpoints: local rank 0 of each node downloads them once, the others wait."""
+        import hashlib
+        import tempfile
+        from pathlib import Path
+
+        root = Path(self.recipe.storage.cache_dir or tempfile.gettempdir()) / "vqf-checkpoints"
+
+        def local(uri: str) -> Path:
+            return root / hashlib.sha256(uri.encode()).hexdigest()[:16]
+
+        remote = [m.path for m in self.recipe.models.values() if "://" in m.path and m.init != "random"]
+        if local_leader:
+            for uri in remote:
+                if not (local(uri) / ".complete").exists():
+                    self.fetcher.fetch_uri(uri, dest=local(uri))
+                    (local(uri) / ".complete").touch()
+        if barrier is not None:
+            barrier()
+        return lambda path: local(path) if "://" in path else Path(path)
+
+    # -- the run -----------------------------------------------------------------------------
+    def run(self, *, barrier=None, local_leader: bool = True) -> dict[str, Any]:
+        """Processes the slice; returns the rank's final snapshot."""
+        sink, work = self._open_tables()
+        writer = Writer(sink, flush_rows=self.recipe.engine.writer_flush_rows, stats=self.stats)
+        self.writer = writer
+        try:
+            todo = [w for w in work if w.error is None]
+            for item in work:
+                if item.error is not None:
+                    self._fail(item, item.error)
+            if barrier is not None or todo:  # every rank reaches the checkpoint barrier
+                self._build_stages(barrier=barrier, local_leader=local_leader)
+            if todo:
+                self._process(todo)
+        finally:
+            if hasattr(self, "plane"):
+                self.plane.close()
+            writer.close()
+        snap = self.stats.snapshot()
+        snap["storage"] = self.fetcher.stats() if hasattr(self, "fetcher") else {}
+        return snap
+
+    def _process(self, todo: list[WorkItem]) -> None:
+        cfg = self.recipe.decode
+        pending = deque(todo)
+        inflight: set[Future] = set()
+        ready: list[_Ready] = []
+        with ThreadPoolExecutor(max_workers=max(1, cfg.workers), thread_name_prefix="vqf-prep") as pool:
+            while pending or inflight or ready:
+                while pending and len(inflight) + len(ready) < cfg.batch_size + cfg.prefetch:
+                    inflight.add(pool.submit(self._prepare, pending.popleft()))
+                if inflight:
+                    done, inflight = wait(inflight, timeout=1.0, return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        outcome = fut.result()
+                        if isinstance(outcome, _Ready):
+                            ready.append(outcome)
+                full = len(ready) >= cfg.batch_size
+                if ready and (full or (not pending and not inflight)):
+                    batch, ready = ready[: cfg.batch_size], ready[cfg.batch_size :]
+                    self._run_batch(batch)
+
+    def _prepare(self, item: WorkItem) -> _Ready | None:
+        """Fetch, probe and plan one video on a worker thread; a failure is written here."""
+        started, start_time = time.time(), now()
+        fetched = None
+        try:
+            with self.stats.stage("fetch", label=item.video_id):
+                fetched = self.fetcher.fetch(item.row)
+            with self.stats.stage("probe", label=item.video_id):
+                prepared = self.plane.prepare(fetched.path, uri=fetched.uri)
+            return _Ready(item, fetched, prepared, started, start_time)
+        except Exception as e:
+            if fetched is not None:
+                fetched.release()
+            self._fail(item, _as_video_error(e, Stage.PROBE if fetched else Stage.FETCH),
+                       started=started, start_time=start_time)
+            return None
+
+    def _run_batch(self, batch: list[_Ready]) -> None:
+        try:
+            if self.detectors:
+                batch = self._detect(batch)
+            rois = [r.roi for r in batch]
+            with self.stats.stage("decode", items=len(batch)):
+                decoded = self.plane.decode([r.prepared for r in batch], rois=rois)
+        except Exception as e:  # the plane isolates bad videos itself; this is the last guard
+            decoded = [_as_video_error(e, Stage.DECODE)] * len(batch)
+        finally:
+            for r in batch:
+                r.fetched.release()
+        good = [(r, d) for r, d in zip(batch, decoded) if not isinstance(d, BaseException)]
+        for r, d in zip(batch, decoded):
+            if isinstance(d, BaseException):
+                self._fail(r.item, _as_video_error(d, Stage.DECODE), started=r.started, start_time=r.start_time)
+        if not good:
+            return
+        with self.stats.stage("model", items=len(good)):
+            infos = self.models.run([d for _, d in good])
+        for (r, d), info in zip(good, infos):
+            if isinstance(info, VideoError):
+                self._fail(r.item, info, started=r.started, start_time=r.start_time)
+                continue
+            try:
+                for f in self.frame_filters:
+                    info.update(f.frame_info(d))
+            except Exception as e:
+                self._fail(r.item, _as_video_error(e, Stage.MODEL), started=r.started, start_time=r.start_time)
+                continue
+            info.update(r.detect_info)
+            self._succeed(r, info, route=getattr(d, "route", ""))
+
+    def _detect(self, batch: list[_Ready]) -> list[_Ready]:
+        kept = []
+        for r in batch:
+            try:
+                with self.stats.stage("detect", label=r.item.video_id):
+                    frames = self.plane.detect_frames(r.prepared)
+                    for det in self.detectors:
+                        result = det.detect(
+                            frames.frames, letterbox=frames.letterbox,
+                            width=r.prepared.info.width, height=r.prepared.info.height,
+                        )
+                        r.detect_info.update(result.info)
+                        if result.crop is not None:
+                            from vqf.video import Roi
+
+                            r.roi = Roi(*result.crop)
+                kept.append(r)
+            except Exception as e:
+                r.fetched.release()
+                self._fail(r.item, _as_video_error(e, Stage.DETECT), started=r.started, start_time=r.start_time)
+        return kept
+
+    # -- records -----------------------------------------------------------------------------
+    def _succeed(self, r: _Ready, info: dict, *, route: str) -> None:
+        extra = dict(self.extra, decode_route=route)
+        record = success_record(
+            r.item.row, info, start_time=r.start_time, end_time=now(),
+            cost_s=time.time() - r.started, device=self.device_info, extra=extra,
+        )
+        if route and route != "nvdec" and self.device.startswith("cuda"):
+            self.stats.add("fallback_cpu_decode")
+        self.writer.put(record)
+
+    def _fail(self, item: WorkItem, error: VideoError, *, started: float | None = None,
+              start_time: str | None = None) -> None:
+        self.stats.failure(item.video_id, error.type.value, error.message)
+        record = failure_record(
+            item.raw, error, row=item.row, start_time=start_time,
+            cost_s=(time.time() - started) if started else 0.0, device=self.device_info,
+            extra=getattr(self, "extra", {"recipe": self.recipe.name}),
+        )
+        self.writer.put(record)
+
+
+def build_filters(*, recipe: Recipe, bank: Any) -> list:
+    """One instance of every enabled filter, in recipe order."""
+    from vqf.filters import FILTERS
+
+    return [
+        FILTERS.get(name)(spec=spec, bank=bank)
+        for name, spec in recipe.filters.items()
+        if spec.enable
+    ]
+
+
+def _as_video_error(e: BaseException, stage: Stage) -> VideoError:
+    if isinstance(e, VideoError):
+        return e
+    import torch
+
+    if isinstance(e, torch.OutOfMemoryError):
+        return VideoError(ErrorType.OUT_OF_MEMORY, str(e)[:500], stage=stage)
+    if isinstance(e, TimeoutError):
+        return VideoError(ErrorType.TIMEOUT, str(e) or "timed out", stage=stage)
+    kind = ErrorType.DECODE_FAILED if stage == Stage.DECODE else ErrorType.INTERNAL
+    if stage in (Stage.MODEL, Stage.DETECT):
+        kind = ErrorType.MODEL_FAILED
+    return VideoError(kind, f"{type(e).__name__}: {e}"[:1000], stage=stage)
+
+
+def describe_device(device: str, *, rank: int, world_size: int) -> DeviceInfo:
+    """The result_info's device_name and device_info."""
+    import platform
+    import socket
+
+    import torch
+
+    info: dict[str, Any] = {
+        "host": socket.gethostname(),
+        "rank": rank,
+        "world_size": world_size,
+        "device": device,
+        "torch": torch.__version__,
+    }
+    if device.startswith("cuda"):
+        props = torch.cuda.get_device_properties(torch.device(device))
+        info["memory_gb"] = round(props.total_memory / 1024**3, 1)
+        info["capability"] = f"{props.major}.{props.minor}"
+        return DeviceInfo(name=props.name, info=info)
+    return DeviceInfo(name=f"cpu ({platform.machine()})", info=info)

@@ -1,0 +1,77 @@
+"""The demo's own sample videos and input table, generated on first use (nothing is downloaded).
+
+The samples cover the decode routes (H.264 and HEVC through PyAV on a CPU, VP9 and MJPEG through
+DALI's CPU decoder), a rotated and a portrait video, a short one, and the bad inputs every
+curation table has: a missing file, a text file named .mp4 and a truncated download.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from vqf.config import Recipe
+
+log = logging.getLogger(__name__)
+
+# name -> make_video options (sizes small so the demo runs in seconds on a laptop CPU)
+SAMPLES: dict[str, dict] = {
+    "h264_moving": dict(codec="h264", width=160, height=120, seconds=5.0, fps=12),
+    "hevc_moving": dict(codec="hevc", width=160, height=120, seconds=3.0, fps=12),
+    "vp9_moving": dict(codec="vp9", width=160, height=120, seconds=3.0, fps=12),
+    "mjpeg_moving": dict(codec="mjpeg", width=160, height=120, seconds=2.0, fps=12),
+    "h264_rotated90": dict(codec="h264", width=160, height=96, seconds=2.0, fps=12, rotation=90),
+    "h264_portrait": dict(codec="h264", width=96, height=160, seconds=2.0, fps=12),
+    "h264_vfr": dict(codec="h264", width=160, height=120, seconds=4.0, fps=12, vfr=True),
+    "h264_still": dict(codec="h264", width=160, height=120, seconds=3.0, fps=12, pattern="still"),
+}
+
+
+def sample_rows(folder: Path) -> list[dict]:
+    """Generates the sample videos under `folder` (once) and returns the input rows."""
+    from vqf.video.synth import make_video
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, (name, opts) in enumerate(SAMPLES.items()):
+        suffix = ".webm" if opts["codec"] == "vp9" else ".mkv" if opts["codec"] == "mjpeg" else ".mp4"
+        path = folder / f"{name}{suffix}"
+        if not path.exists():
+            make_video(path, seed=i, **opts)
+        rows.append(_row(name, path))
+    bad_text = folder / "not_a_video.mp4"
+    bad_text.write_text("<html><body>404 Not Found</body></html>\n")
+    rows.append(_row("html_error_page", bad_text))
+    truncated = folder / "truncated.mp4"
+    if not truncated.exists():
+        data = (folder / "h264_moving.mp4").read_bytes()
+        truncated.write_bytes(data[: len(data) // 10])
+    rows.append(_row("truncated_download", truncated))
+    rows.append(_row("missing_file", folder / "does_not_exist.mp4"))
+    return rows
+
+
+def _row(video_id: str, path: Path) -> dict:
+    return {
+        "video_id": video_id,
+        "oss_bucket": "",
+        "video_path": str(path.resolve()),
+        "video_tag": "demo",
+        "info": json.dumps({"source": "vqf demo"}),
+    }
+
+
+def prepare_demo(recipe: Recipe) -> None:
+    """When the recipe asks for it, writes the sample table its `tables` URI names."""
+    if not recipe.demo.generate:
+        return
+    table = Path(recipe.tables)
+    if table.exists():
+        return
+    log.info("demo: generating sample videos under %s", recipe.demo.dir)
+    rows = sample_rows(Path(recipe.demo.dir) / "videos")
+    table.parent.mkdir(parents=True, exist_ok=True)
+    tmp = table.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp.replace(table)
