@@ -64,10 +64,10 @@ def _row(video_id: str, path: Path) -> dict:
 
 def prepare_demo(recipe: Recipe) -> None:
     """When the recipe asks for it, writes the sample table its `tables` URI names."""
-    if not recipe.demo.generate:
-        return
     table = Path(recipe.tables)
-    if table.exists():
+    demo_dir = Path(recipe.demo.dir).resolve()
+    # only the demo's own table is generated: a table passed with --tables must exist
+    if not recipe.demo.generate or table.exists() or demo_dir not in table.resolve().parents:
         return
     log.info("demo: generating sample videos under %s", recipe.demo.dir)
     rows = sample_rows(Path(recipe.demo.dir) / "videos")
