@@ -204,6 +204,7 @@ class Rank:
             try:
                 with self.stats.stage("detect", label=r.item.video_id):
                     frames = self.plane.detect_frames(r.prepared)
+                    crops = []
                     for det in self.detectors:
                         result = det.detect(
                             frames.frames, letterbox=frames.letterbox,
@@ -211,9 +212,8 @@ class Rank:
                         )
                         r.detect_info.update(result.info)
                         if result.crop is not None:
-                            from vqf.video import Roi
-
-                            r.roi = Roi(*result.crop)
+                            crops.append(result.crop)
+                    r.roi = merge_crops(crops)
                 kept.append(r)
             except Exception as e:
                 r.fetched.release()
@@ -240,6 +240,19 @@ class Rank:
             extra=getattr(self, "extra", {"recipe": self.recipe.name}),
         )
         self.writer.put(record)
+
+
+def merge_crops(crops: list[tuple[float, float, float, float]]):
+    """The region every detection filter agrees is safe: the intersection of their crops."""
+    if not crops:
+        return None
+    from vqf.video import Roi
+
+    x0, y0 = max(c[0] for c in crops), max(c[1] for c in crops)
+    x1, y1 = min(c[2] for c in crops), min(c[3] for c in crops)
+    if x1 - x0 < 0.05 or y1 - y0 < 0.05:  # the crops disagree: keep the whole frame
+        return None
+    return Roi(x0=x0, y0=y0, x1=x1, y1=y1)
 
 
 def build_filters(*, recipe: Recipe, bank: Any) -> list:
