@@ -1,1 +1,78 @@
+"""Input sources and output sinks, picked by URI.
 
+Sources: a `*.jsonl` file, a `*.parquet` file, a directory of such shards (read as one table
+in name order), or `odps://project/table[/partition]`. Sinks: a dataset directory (named
+`*.parquet` for Parquet shards, anything else for JSONL shards) or an ODPS table; rank r
+writes its own shard. pyarrow and pyodps are imported only when such a table is opened.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from vqf.errors import TableError
+from vqf.schema import OUTPUT_COLUMNS
+from vqf.tables.base import FORMATS, SINK_HINT, URI_HINT, Sink, Source, check_rank, shard_range
+
+# The file formats register themselves in FORMATS (pyarrow waits until a Parquet table opens).
+from vqf.tables import jsonl as _jsonl  # noqa: F401, E402  isort: skip
+from vqf.tables import parquet as _parquet  # noqa: F401, E402  isort: skip
+
+__all__ = ["FORMATS", "Sink", "Source", "TableError", "open_sink", "open_source", "shard_range"]
+
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+def _split(uri: str, *, hint: str) -> tuple[str, str]:
+    """(scheme, rest); a plain path has scheme "file"."""
+    if not isinstance(uri, str) or not uri.strip():
+        raise TableError(f"table URI {uri!r} is empty", hint=hint)
+    match = _SCHEME.match(uri)
+    if not match:
+        return "file", uri
+    scheme = match.group(1).lower()
+    if scheme not in ("file", "odps"):
+        raise TableError(f"unknown table scheme {scheme!r} in {uri!r}", hint=hint)
+    return scheme, uri if scheme == "odps" else uri[match.end() :]
+
+
+def open_source(uri: str, *, odps_client=None, session_id: str | None = None) -> Source:
+    """Opens an input table. `session_id` (ODPS only) joins a download session rank 0 made."""
+    scheme, rest = _split(uri, hint=URI_HINT)
+    if scheme == "odps":
+        from vqf.tables.odps_table import OdpsSource
+
+        return OdpsSource(uri, client=odps_client, session_id=session_id)
+    from vqf.tables.local import open_local_source
+
+    return open_local_source(uri, Path(rest))
+
+
+def open_sink(
+    uri: str,
+    *,
+    rank: int,
+    world_size: int,
+    odps_client=None,
+    columns: Sequence[str] = OUTPUT_COLUMNS,
+    session_id: str | None = None,
+) -> Sink:
+    """Opens rank's writer into an output table. `session_id` (ODPS only) joins rank 0's upload."""
+    check_rank(rank=rank, world_size=world_size)
+    scheme, rest = _split(uri, hint=SINK_HINT)
+    if scheme == "odps":
+        from vqf.tables.odps_table import OdpsSink
+
+        return OdpsSink(
+            uri,
+            rank=rank,
+            world_size=world_size,
+            client=odps_client,
+            session_id=session_id,
+            columns=columns,
+        )
+    from vqf.tables.local import open_local_sink
+
+    return open_local_sink(uri, Path(rest), rank=rank, world_size=world_size, columns=columns)

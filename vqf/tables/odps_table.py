@@ -1,0 +1,316 @@
+"""ODPS (MaxCompute) tables through pyodps's table tunnel: `odps://project/table[/partition]`.
+
+Tested offline only: with pyodps's own TableSchema and Record types and faked tunnel sessions;
+it has not been run against a live ODPS service from this repository.
+
+Reading: one download session per table partition; each rank reads its slice of it with
+`open_record_reader(start, count)`. Rank 0 creates the session and shares `session_id` (the
+engine passes it through the torch.distributed store); a rank given no id creates its own.
+
+Writing: one upload session, shared the same way. Rows are buffered into blocks of
+`block_rows`; rank r owns block ids [r * B, (r + 1) * B) with B = 20000 // world_size (the
+tunnel accepts ids 0..19999), so a retried block overwrites itself instead of duplicating
+rows. Ranks report their blocks through the session itself: a block the server lists
+(`get_block_list()`) is one a rank closed. Rank 0's `close()` commits that list, so the
+engine must call it after every rank's `close()` returned (a barrier). Nothing is visible in
+the table before that commit; `done_counts()` reads what earlier runs committed.
+
+Credentials come from ODPS_ACCESS_ID, ODPS_ACCESS_KEY and ODPS_ENDPOINT (ODPS_PROJECT is the
+default project, else the URI's); they are never logged or put in errors.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from vqf.errors import TableError
+from vqf.tables.base import URI_HINT, check_rank, check_slice, output_record
+
+log = logging.getLogger(__name__)
+
+BLOCK_ID_LIMIT = 20000
+DEFAULT_BLOCK_ROWS = 10000
+BLOCK_ATTEMPTS = 3
+CREDENTIAL_VARS = ("ODPS_ACCESS_ID", "ODPS_ACCESS_KEY", "ODPS_ENDPOINT")
+
+_NAME = r"[A-Za-z0-9_]+"
+_URI = re.compile(rf"odps://({_NAME})/({_NAME})(?:/([^/]+))?/?")
+_PARTITION = re.compile(rf"{_NAME}=[^,=/]+(?:,{_NAME}=[^,=/]+)*")
+
+
+@dataclass(frozen=True)
+class OdpsUri:
+    project: str
+    table: str
+    partition: str = ""  # "ds=20240101,hh=03"; "" for an unpartitioned table
+
+    def __str__(self) -> str:
+        tail = f"/{self.partition}" if self.partition else ""
+        return f"odps://{self.project}/{self.table}{tail}"
+
+
+def parse_uri(uri: str) -> OdpsUri:
+    """Splits `odps://project/table[/k=v[,k=v...]]`; anything else raises TableError."""
+    match = _URI.fullmatch(uri.strip())
+    if not match:
+        raise TableError(f"bad ODPS table {uri!r}", hint=URI_HINT)
+    project, table, partition = match.group(1), match.group(2), match.group(3) or ""
+    if partition and not _PARTITION.fullmatch(partition):
+        raise TableError(
+            f"bad partition spec {partition!r} in {uri!r}",
+            hint="write it as key=value[,key=value], e.g. ds=20240101 or ds=20240101,hh=03",
+        )
+    return OdpsUri(project, table, partition)
+
+
+def client_from_env(project: str):
+    """An `odps.ODPS` entry from the environment's credentials."""
+    missing = [name for name in CREDENTIAL_VARS if not os.environ.get(name)]
+    if missing:
+        raise TableError(
+            f"ODPS credentials missing: {', '.join(missing)} not set",
+            hint=f"export {', '.join(CREDENTIAL_VARS)} (and ODPS_PROJECT if needed)",
+        )
+    from odps import ODPS
+
+    return ODPS(
+        os.environ["ODPS_ACCESS_ID"],
+        os.environ["ODPS_ACCESS_KEY"],
+        project=os.environ.get("ODPS_PROJECT") or project,
+        endpoint=os.environ["ODPS_ENDPOINT"],
+    )
+
+
+def _tunnel(client, project: str):
+    from odps.tunnel import TableTunnel
+
+    return TableTunnel(client, project=project)
+
+
+def _failed(what: str, uri: OdpsUri, error: Exception) -> TableError:
+    return TableError(f"{what} {uri} failed: {type(error).__name__}: {error}")
+
+
+def _get_table(client, uri: OdpsUri, *, hint: str):
+    try:
+        exists = client.exist_table(uri.table, project=uri.project)
+        table = client.get_table(uri.table, project=uri.project) if exists else None
+    except Exception as e:  # pyodps raises many network and server error types
+        raise _failed("looking up", uri, e) from None
+    if table is None:
+        raise TableError(f"ODPS table {uri.project}.{uri.table} does not exist", hint=hint)
+    partitions = [p.name for p in table.table_schema.partitions]
+    if partitions and not uri.partition:
+        raise TableError(
+            f"ODPS table {uri.project}.{uri.table} is partitioned by {', '.join(partitions)}",
+            hint=f"name a partition: {uri}/{','.join(f'{p}=...' for p in partitions)}",
+        )
+    if uri.partition and not partitions:
+        raise TableError(
+            f"ODPS table {uri.project}.{uri.table} has no partitions, but {uri} names one",
+            hint=f"use odps://{uri.project}/{uri.table}",
+        )
+    return table
+
+
+def _column_names(table) -> list[str]:
+    return [c.name for c in table.table_schema.simple_columns]
+
+
+def _partition_exists(table, uri: OdpsUri) -> bool:
+    return not uri.partition or table.exist_partition(uri.partition)
+
+
+class OdpsSource:
+    """Rows of one ODPS table partition, read through a (shared) download session."""
+
+    def __init__(self, uri: str, *, client=None, session_id: str | None = None):
+        self.uri = uri
+        self.location = parse_uri(uri)
+        client = client if client is not None else client_from_env(self.location.project)
+        self.table = _get_table(client, self.location, hint=URI_HINT)
+        if not _partition_exists(self.table, self.location):
+            raise TableError(f"partition {self.location} does not exist", hint=URI_HINT)
+        self.columns = _column_names(self.table)
+        try:
+            self.session = _tunnel(client, self.location.project).create_download_session(
+                self.table, partition_spec=self.location.partition or None, download_id=session_id
+            )
+        except Exception as e:
+            raise _failed("opening a download session on", self.location, e) from None
+
+    @property
+    def session_id(self) -> str:
+        """Pass this to the other ranks' `open_source(..., session_id=)`."""
+        return self.session.id
+
+    def count(self) -> int:
+        return int(self.session.count)
+
+    def read(self, *, start: int, count: int) -> Iterator[dict]:
+        check_slice(start=start, count=count)
+        count = min(count, self.count() - start)
+        if count <= 0:
+            return
+        try:
+            with self.session.open_record_reader(start, count) as reader:
+                for record in reader:
+                    yield {name: record[name] for name in self.columns}
+        except TableError:
+            raise
+        except Exception as e:
+            raise _failed(f"reading rows {start}..{start + count} of", self.location, e) from None
+
+
+def output_ddl(uri: OdpsUri, columns: Sequence[str]) -> str:
+    """The CREATE TABLE statement an output table needs (all columns are strings)."""
+    cols = ", ".join(f"{name} STRING" for name in columns)
+    keys = [kv.split("=", 1)[0] for kv in uri.partition.split(",")] if uri.partition else []
+    parts = f" PARTITIONED BY ({', '.join(f'{k} STRING' for k in keys)})" if keys else ""
+    return f"CREATE TABLE IF NOT EXISTS {uri.project}.{uri.table} ({cols}){parts};"
+
+
+class OdpsSink:
+    """One rank's writer into a shared upload session; rank 0 commits on close."""
+
+    def __init__(
+        self,
+        uri: str,
+        *,
+        rank: int,
+        world_size: int,
+        client=None,
+        session_id: str | None = None,
+        columns: Sequence[str],
+        block_rows: int = DEFAULT_BLOCK_ROWS,
+    ):
+        check_rank(rank=rank, world_size=world_size)
+        if block_rows < 1:
+            raise TableError(f"block_rows = {block_rows} must be at least 1")
+        self.uri = uri
+        self.location = parse_uri(uri)
+        self.rank = rank
+        self.columns = tuple(columns)
+        self.block_rows = block_rows
+        self.blocks_per_rank = BLOCK_ID_LIMIT // world_size
+        if self.blocks_per_rank < 1:
+            raise TableError(
+                f"world_size = {world_size} exceeds the tunnel's {BLOCK_ID_LIMIT} blocks"
+            )
+        self.client = client if client is not None else client_from_env(self.location.project)
+        self.table = _get_table(
+            self.client, self.location, hint=f"create it: {output_ddl(self.location, self.columns)}"
+        )
+        missing = [c for c in self.columns if c not in _column_names(self.table)]
+        if missing:
+            raise TableError(
+                f"ODPS table {self.location.project}.{self.location.table} lacks columns "
+                f"{', '.join(missing)}",
+                hint=f"an output table looks like: {output_ddl(self.location, self.columns)}",
+            )
+        try:
+            self.session = _tunnel(self.client, self.location.project).create_upload_session(
+                self.table,
+                partition_spec=self.location.partition or None,
+                upload_id=session_id,
+                create_partition=bool(self.location.partition),
+            )
+        except Exception as e:
+            raise _failed("opening an upload session on", self.location, e) from None
+        self.block_ids: list[int] = []
+        self.committed: list[int] | None = None
+        self._buffer: list[dict[str, str]] = []
+        self._closed = False
+
+    @property
+    def session_id(self) -> str:
+        """Pass this to the other ranks' `open_sink(..., session_id=)`."""
+        return self.session.id
+
+    def done_counts(self) -> collections.Counter[str]:
+        """video_ids the table (partition) already holds from committed earlier runs."""
+        counts: collections.Counter[str] = collections.Counter()
+        try:
+            if not _partition_exists(self.table, self.location):
+                return counts
+            session = _tunnel(self.client, self.location.project).create_download_session(
+                self.table, partition_spec=self.location.partition or None
+            )
+            total = int(session.count)
+            if total:
+                with session.open_record_reader(0, total, columns=["video_id"]) as reader:
+                    counts.update(str(r["video_id"]) for r in reader if r["video_id"] is not None)
+        except Exception as e:
+            raise _failed("reading finished rows of", self.location, e) from None
+        return counts
+
+    def write(self, records: list[dict]) -> None:
+        """Buffers records; each full block of `block_rows` is uploaded (not yet committed)."""
+        if self._closed:
+            raise TableError(f"sink {self.uri!r} is closed")
+        self._buffer.extend(output_record(r, self.columns) for r in records)
+        while len(self._buffer) >= self.block_rows:
+            self._upload(self._buffer[: self.block_rows])
+            del self._buffer[: self.block_rows]
+
+    def close(self) -> None:
+        """Uploads the last partial block; on rank 0 also commits every rank's blocks."""
+        if self._closed:
+            return
+        if self._buffer:
+            self._upload(self._buffer)
+            self._buffer = []
+        self._closed = True
+        if self.rank == 0:
+            self.commit()
+
+    def commit(self) -> list[int]:
+        """Commits every block the server holds (all ranks' closed blocks); returns their ids."""
+        try:
+            blocks = sorted(int(b) for b in self.session.get_block_list())
+            missing = sorted(set(self.block_ids) - set(blocks))
+            if missing:
+                raise TableError(f"blocks {missing} of rank {self.rank} are not on the server")
+            self.session.commit(blocks)
+        except TableError:
+            raise
+        except Exception as e:
+            raise _failed("committing to", self.location, e) from None
+        log.info("committed %d blocks to %s", len(blocks), self.location)
+        self.committed = blocks
+        return blocks
+
+    def _upload(self, rows: list[dict[str, str]]) -> None:
+        index = len(self.block_ids)
+        if index >= self.blocks_per_rank:
+            raise TableError(
+                f"rank {self.rank} used all its {self.blocks_per_rank} tunnel blocks",
+                hint=f"raise block_rows (now {self.block_rows}) or use fewer ranks",
+            )
+        block_id = self.rank * self.blocks_per_rank + index
+        for attempt in range(1, BLOCK_ATTEMPTS + 1):
+            try:
+                self._write_block(block_id, rows)
+                break
+            except Exception as e:  # the same block id again overwrites the partial block
+                if attempt == BLOCK_ATTEMPTS:
+                    raise _failed(f"uploading block {block_id} to", self.location, e) from None
+                log.warning("block %d to %s failed (%s); retrying", block_id, self.location, e)
+        self.block_ids.append(block_id)
+
+    def _write_block(self, block_id: int, rows: list[dict[str, str]]) -> None:
+        with self.session.open_record_writer(block_id) as writer:
+            for row in rows:
+                writer.write(self._record(row))
+
+    def _record(self, row: dict[str, Any]):
+        record = self.session.new_record()
+        for name, value in row.items():
+            record[name] = value
+        return record
