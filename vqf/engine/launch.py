@@ -94,9 +94,7 @@ def _rank_main(spec: RankSpec, recipe: Recipe, status) -> dict[str, Any]:
     reporter = _Reporter(rank.stats, group, status, every_s=recipe.engine.progress_every_s)
     reporter.start()
     try:
-        snap = rank.run(
-            barrier=group.barrier if group else None, local_leader=spec.local_rank == 0
-        )
+        snap = rank.run(group=group, local_leader=spec.local_rank == 0)
     finally:
         reporter.stop()
     if group is not None:
@@ -139,6 +137,15 @@ class _ProgressGroup:
             if self.store.check([key]):
                 out.append(json.loads(self.store.get(key)))
         return out
+
+    def share(self, key: str, make) -> str:
+        """Rank 0 computes `make()` and publishes it; every other rank waits for it."""
+        key = f"vqf/shared/{key}"
+        if self.spec.rank == 0:
+            value = make() or ""
+            self.store.set(key, value)
+            return value
+        return self.store.get(key).decode()
 
     def barrier(self) -> None:
         self.dist.barrier()

@@ -49,19 +49,36 @@ class Rank:
         self.device_info = describe_device(device, rank=rank, world_size=world_size)
 
     # -- set-up ------------------------------------------------------------------------------
-    def _open_tables(self):
+    def _open_tables(self, group=None):
+        """This rank's slice and sink. With several ranks, ODPS sessions are made by rank 0
+        and joined by the others (one download and one upload session per job)."""
         from vqf.tables import open_sink, open_source, shard_range
 
-        source = open_source(self.recipe.tables)
+        def opened(kind: str, open_fn):
+            if group is None:
+                return open_fn(None)
+            holder = {}
+            if self.rank == 0:
+                holder["t"] = open_fn(None)
+            sid = group.share(kind, lambda: getattr(holder["t"], "session_id", "") or "")
+            return holder["t"] if self.rank == 0 else open_fn(sid or None)
+
+        uri_in, uri_out = self.recipe.tables, self.recipe.outputs
+        source = opened("source", lambda sid: open_source(uri_in, session_id=sid))
         total = source.count()
+        if self.recipe.engine.max_rows:
+            total = min(total, self.recipe.engine.max_rows)
         start, count = shard_range(total, rank=self.rank, world_size=self.world_size)
-        sink = open_sink(self.recipe.outputs, rank=self.rank, world_size=self.world_size)
+        sink = opened(
+            "sink",
+            lambda sid: open_sink(uri_out, rank=self.rank, world_size=self.world_size, session_id=sid),
+        )
         work = select_work(source.read(start=start, count=count), start=start, done=sink.done_counts())
         self.stats.total = count
         self.stats.add("rows_skipped_done", count - len(work))
         return sink, work
 
-    def _build_stages(self, *, barrier=None, local_leader: bool = True):
+    def _build_stages(self, *, group=None, local_leader: bool = True):
         from vqf.engine.models_stage import ModelStage
         from vqf.models import ModelBank
         from vqf.storage import Fetcher
@@ -69,7 +86,7 @@ class Rank:
 
         self.fetcher = Fetcher(self.recipe.storage)
         self.plane = VideoPlane(recipe=self.recipe, device=self.device)
-        resolve = self._fetch_checkpoints(local_leader=local_leader, barrier=barrier)
+        resolve = self._fetch_checkpoints(local_leader=local_leader, group=group)
         self.bank = ModelBank.load(recipe=self.recipe, device=self.device, resolve=resolve)
         filters = build_filters(recipe=self.recipe, bank=self.bank)
         self.detectors = [f for f in filters if "detect" in f.reads]
@@ -84,7 +101,7 @@ class Rank:
             log.warning("models initialised at random (scores are meaningless): %s",
                         ", ".join(sorted(self.bank.random_models)))
 
-    def _fetch_checkpoints(self, *, local_leader: bool, barrier):
+    def _fetch_checkpoints(self, *, local_leader: bool, group):
         """Remote checkpoints: local rank 0 of each node downloads them once, the others wait."""
         import hashlib
         import tempfile
@@ -101,14 +118,14 @@ class Rank:
                 if not (local(uri) / ".complete").exists():
                     self.fetcher.fetch_uri(uri, dest=local(uri))
                     (local(uri) / ".complete").touch()
-        if barrier is not None:
-            barrier()
+        if group is not None:
+            group.barrier()
         return lambda path: local(path) if "://" in path else Path(path)
 
     # -- the run -----------------------------------------------------------------------------
-    def run(self, *, barrier=None, local_leader: bool = True) -> dict[str, Any]:
+    def run(self, *, group=None, local_leader: bool = True) -> dict[str, Any]:
         """Processes the slice; returns the rank's final snapshot."""
-        sink, work = self._open_tables()
+        sink, work = self._open_tables(group)
         writer = Writer(sink, flush_rows=self.recipe.engine.writer_flush_rows, stats=self.stats)
         self.writer = writer
         try:
@@ -116,14 +133,20 @@ class Rank:
             for item in work:
                 if item.error is not None:
                     self._fail(item, item.error)
-            if barrier is not None or todo:  # every rank reaches the checkpoint barrier
-                self._build_stages(barrier=barrier, local_leader=local_leader)
+            if group is not None or todo:  # every rank reaches the checkpoint barrier
+                self._build_stages(group=group, local_leader=local_leader)
             if todo:
                 self._process(todo)
         finally:
             if hasattr(self, "plane"):
                 self.plane.close()
-            writer.close()
+            writer.drain()
+        # rank 0 closes last: for ODPS its close commits the blocks every rank wrote
+        if group is not None and self.rank == 0:
+            group.barrier()
+        sink.close()
+        if group is not None and self.rank != 0:
+            group.barrier()
         snap = self.stats.snapshot()
         snap["storage"] = self.fetcher.stats() if hasattr(self, "fetcher") else {}
         return snap

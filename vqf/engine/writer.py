@@ -30,13 +30,12 @@ class Writer:
             raise RuntimeError(f"the writer stopped: {self.error}") from self.error
         self.queue.put(record)
 
-    def close(self) -> None:
-        """Writes what is queued, then closes the sink (ODPS commits here)."""
+    def drain(self) -> None:
+        """Writes what is queued and stops the thread; the sink stays open for its owner."""
         self.queue.put(_STOP)
         self._thread.join()
         if self.error is not None:
             raise RuntimeError(f"writing the output failed: {self.error}") from self.error
-        self.sink.close()
 
     def _loop(self) -> None:
         pending: list[dict[str, str]] = []
