@@ -37,9 +37,9 @@ class OssConfig:
     backoff_max_s: float = 20.0
     connect_timeout_s: float = 10.0
     timeout_s: float = 300.0
-    part_size_mb: int = 16
+    part_size_mb: float = 16.0
     parallel_parts: int = 4
-    parallel_min_mb: int = 64
+    parallel_min_mb: float = 64.0
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,8 @@ class StorageConfig:
     cache_budget_gb: float = 180.0
     max_video_mb: float = 4096.0
     http_timeout_s: float = 120.0
+    http_retries: int = 3
+    tiers: tuple[str, ...] = ("cpfs", "alluxio", "oss", "local", "http")
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,7 @@ class DecodeConfig:
     timeout_s: float = 120.0
     max_pixels: int = 7680 * 4320
     max_frames_decoded: int = 20000
+    chunk_frames: int = 64  # pyav route: frames per trip through the graph (bounds host memory)
 
 
 @dataclass(frozen=True)
