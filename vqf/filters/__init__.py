@@ -1,1 +1,57 @@
+"""Filters, one small file each, registered by name in FILTERS.
 
+Importing this package loads no torch: filter classes only describe themselves until a
+`ModelBank` gives them heads and detectors.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+# The explicit list of built-in filters; importing a module registers its filter.
+from vqf.filters import abnormal_region, low_quality, rov, simcam, vfx  # noqa: F401
+from vqf.filters.base import (
+    CLIP_KINDS,
+    FILTERS,
+    ClipResult,
+    DetectionFilter,
+    DetectResult,
+    Filter,
+    describe,
+    register,
+)
+
+if TYPE_CHECKING:
+    from vqf.config import Recipe
+    from vqf.models.bank import ModelBank
+
+__all__ = [
+    "CLIP_KINDS",
+    "FILTERS",
+    "ClipResult",
+    "DetectResult",
+    "DetectionFilter",
+    "Filter",
+    "build_filters",
+    "describe_filters",
+    "enabled_filters",
+    "register",
+]
+
+
+def describe_filters() -> list[dict[str, Any]]:
+    """Every registered filter: name, labels, clips it reads, default model, head, row keys."""
+    return [describe(cls) for _, cls in FILTERS.items()]
+
+
+def enabled_filters(recipe: Recipe) -> dict[str, type[Filter]]:
+    """The recipe's enabled filters by name, in recipe order; an unknown name raises ConfigError."""
+    return {name: FILTERS.get(name) for name, spec in recipe.filters.items() if spec.enable}
+
+
+def build_filters(*, recipe: Recipe, bank: ModelBank) -> dict[str, Filter]:
+    """Instances of the recipe's enabled filters, wired to the bank's heads and detectors."""
+    return {
+        name: cls(spec=recipe.filters[name], bank=bank)
+        for name, cls in enabled_filters(recipe).items()
+    }
