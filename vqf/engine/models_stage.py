@@ -45,15 +45,15 @@ class ModelStage:
         failed: dict[int, VideoError] = {}
         for model_name, filters in self.by_model.items():
             kinds = {k for f in filters for k in f.reads}
-            jobs = [
-                _Job(v, clip)
-                for v, decoded in enumerate(videos)
-                for clip in decoded.plan.clips
-                if clip.kind in kinds
-            ]
-            for start in range(0, len(jobs), self.clip_batch):
-                chunk = [j for j in jobs[start : start + self.clip_batch] if j.video not in failed]
-                self._run_chunk(model_name, filters, videos, chunk, results, failed)
+            by_length: dict[int, list[_Job]] = defaultdict(list)  # a batch stacks equal clips
+            for v, decoded in enumerate(videos):
+                for clip in decoded.plan.clips:
+                    if clip.kind in kinds:
+                        by_length[len(clip.take)].append(_Job(v, clip))
+            for jobs in by_length.values():
+                for start in range(0, len(jobs), self.clip_batch):
+                    chunk = [j for j in jobs[start : start + self.clip_batch] if j.video not in failed]
+                    self._run_chunk(model_name, filters, videos, chunk, results, failed)
         out: list[dict | VideoError] = []
         for v in range(len(videos)):
             if v in failed:

@@ -80,7 +80,8 @@ class Rank:
 
     def _build_stages(self, *, group=None, local_leader: bool = True):
         from vqf.engine.models_stage import ModelStage
-        from vqf.models import ModelBank
+        from vqf.filters import build_filters
+        from vqf.models.bank import ModelBank
         from vqf.storage import Fetcher
         from vqf.video import VideoPlane
 
@@ -88,7 +89,7 @@ class Rank:
         self.plane = VideoPlane(recipe=self.recipe, device=self.device)
         resolve = self._fetch_checkpoints(local_leader=local_leader, group=group)
         self.bank = ModelBank.load(recipe=self.recipe, device=self.device, resolve=resolve)
-        filters = build_filters(recipe=self.recipe, bank=self.bank)
+        filters = list(build_filters(recipe=self.recipe, bank=self.bank).values())
         self.detectors = [f for f in filters if "detect" in f.reads]
         self.frame_filters = [f for f in filters if getattr(f, "model_name", "") == "" and f not in self.detectors]
         learned = [f for f in filters if f not in self.detectors and f not in self.frame_filters]
@@ -96,10 +97,11 @@ class Rank:
             filters=learned, bank=self.bank, clip_batch=self.recipe.engine.clip_batch, stats=self.stats
         )
         self.extra = {"recipe": self.recipe.name}
-        if self.bank.random_models:
-            self.extra["random_init"] = sorted(self.bank.random_models)
+        random = set(self.bank.random_models) | set(getattr(self.bank, "random_heads", ()))
+        if random:
+            self.extra["random_init"] = sorted(random)
             log.warning("models initialised at random (scores are meaningless): %s",
-                        ", ".join(sorted(self.bank.random_models)))
+                        ", ".join(sorted(random)))
 
     def _fetch_checkpoints(self, *, local_leader: bool, group):
         """Remote checkpoints: local rank 0 of each node downloads them once, the others wait."""
@@ -276,17 +278,6 @@ def merge_crops(crops: list[tuple[float, float, float, float]]):
     if x1 - x0 < 0.05 or y1 - y0 < 0.05:  # the crops disagree: keep the whole frame
         return None
     return Roi(x0=x0, y0=y0, x1=x1, y1=y1)
-
-
-def build_filters(*, recipe: Recipe, bank: Any) -> list:
-    """One instance of every enabled filter, in recipe order."""
-    from vqf.filters import FILTERS
-
-    return [
-        FILTERS.get(name)(spec=spec, bank=bank)
-        for name, spec in recipe.filters.items()
-        if spec.enable
-    ]
 
 
 def _as_video_error(e: BaseException, stage: Stage) -> VideoError:
