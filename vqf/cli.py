@@ -76,6 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench-video", help="decode benchmark of the video plane (prints numbers)")
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(func=lambda a: __import__("vqf.video.bench", fromlist=["main"]).main(a.rest))
+    report = sub.add_parser("report", help="a self-contained HTML report of a run's outputs")
+    report.add_argument("rest", nargs=argparse.REMAINDER)
+    report.set_defaults(func=lambda a: __import__("vqf.ops.report", fromlist=["main"]).main(a.rest))
     return p
 
 
@@ -123,6 +126,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     snaps = run_job(recipe, ranks=max(1, args.gpus), status=status)
     if rank == 0 and snaps:
         print(f"outputs: {recipe.outputs}")
+        if recipe.demo.generate and "://" not in recipe.outputs:
+            from vqf.ops.report import write_report
+
+            out = write_report(recipe.outputs, out=Path(recipe.outputs) / "report.html")
+            print(f"report: {out}  (open it in a browser)")
+        elif "://" not in recipe.outputs:
+            print(f"report: vqf report {recipe.outputs} --out report.html")
     return 0
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vqf.config import Recipe
+from vqf.decide import decide, rules_of
 from vqf.engine.stats import RankStats
 from vqf.engine.work import WorkItem, select_work
 from vqf.engine.writer import Writer
@@ -96,6 +97,7 @@ class Rank:
         self.models = ModelStage(
             filters=learned, bank=self.bank, clip_batch=self.recipe.engine.clip_batch, stats=self.stats
         )
+        rules_of(self.recipe)  # a malformed threshold fails here, before any video
         self.extra = {"recipe": self.recipe.name}
         random = set(self.bank.random_models) | set(getattr(self.bank, "random_heads", ()))
         if random:
@@ -216,7 +218,7 @@ class Rank:
                 continue
             try:
                 for f in self.frame_filters:
-                    info.update(f.frame_info(d))
+                    info.update(f.frame_info(d, sampling=self.recipe.sampling))
             except Exception as e:
                 self._fail(r.item, _as_video_error(e, Stage.MODEL), started=r.started, start_time=r.start_time)
                 continue
@@ -247,7 +249,8 @@ class Rank:
 
     # -- records -----------------------------------------------------------------------------
     def _succeed(self, r: _Ready, info: dict, *, route: str) -> None:
-        extra = dict(self.extra, decode_route=route)
+        # scores are always written; the recipe's thresholds add keep/reasons beside them
+        extra = dict(self.extra, decode_route=route, **decide(info, recipe=self.recipe))
         record = success_record(
             r.item.row, info, start_time=r.start_time, end_time=now(),
             cost_s=time.time() - r.started, device=self.device_info, extra=extra,

@@ -1,8 +1,10 @@
 """The demo's own sample videos and input table, generated on first use (nothing is downloaded).
 
 The samples cover the decode routes (H.264 and HEVC through PyAV on a CPU, VP9 and MJPEG through
-DALI's CPU decoder), a rotated and a portrait video, a short one, and the bad inputs every
-curation table has: a missing file, a text file named .mp4 and a truncated download.
+DALI's CPU decoder), a rotated and a portrait video, a short one, one video of each defect the
+weight-free filters find (letterbox bars, a still image, blur, a dark picture, two hard cuts;
+vqf/ops/samples.py), and the bad inputs every curation table has: a missing file, a text file
+named .mp4 and a truncated download.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from vqf.config import Recipe
 
 log = logging.getLogger(__name__)
 
-# name -> make_video options (sizes small so the demo runs in seconds on a laptop CPU)
+# name -> make_video options, or make_sample options when they name a `defect`
+# (sizes small so the demo runs in seconds on a laptop CPU)
 SAMPLES: dict[str, dict] = {
     "h264_moving": dict(codec="h264", width=160, height=120, seconds=5.0, fps=12),
     "hevc_moving": dict(codec="hevc", width=160, height=120, seconds=3.0, fps=12),
@@ -25,20 +28,28 @@ SAMPLES: dict[str, dict] = {
     "h264_portrait": dict(codec="h264", width=96, height=160, seconds=2.0, fps=12),
     "h264_vfr": dict(codec="h264", width=160, height=120, seconds=4.0, fps=12, vfr=True),
     "h264_still": dict(codec="h264", width=160, height=120, seconds=3.0, fps=12, pattern="still"),
+    "defect_letterboxed": dict(defect="letterboxed", seconds=2.0),
+    "defect_still": dict(defect="still", seconds=2.0),
+    "defect_blurred": dict(defect="blurred", seconds=2.0),
+    "defect_dark": dict(defect="dark", seconds=2.0),
+    "defect_two_cuts": dict(defect="cuts", seconds=3.0),
 }
 
 
 def sample_rows(folder: Path) -> list[dict]:
     """Generates the sample videos under `folder` (once) and returns the input rows."""
+    from vqf.ops.samples import make_sample
     from vqf.video.synth import make_video
 
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
     for i, (name, opts) in enumerate(SAMPLES.items()):
-        suffix = ".webm" if opts["codec"] == "vp9" else ".mkv" if opts["codec"] == "mjpeg" else ".mp4"
+        codec = opts.get("codec", "h264")
+        suffix = ".webm" if codec == "vp9" else ".mkv" if codec == "mjpeg" else ".mp4"
         path = folder / f"{name}{suffix}"
         if not path.exists():
-            make_video(path, seed=i, **opts)
+            make = make_sample if "defect" in opts else make_video
+            make(path, seed=i, **opts)
         rows.append(_row(name, path))
     bad_text = folder / "not_a_video.mp4"
     bad_text.write_text("<html><body>404 Not Found</body></html>\n")

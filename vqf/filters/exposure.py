@@ -1,0 +1,47 @@
+"""Exposure: mean luma of the whole-video clip, and the shares of dark and blown-out pixels.
+
+Luma is BT.601 in 0..1 on the decoded clip frames; a pixel is dark under `dark_level` and
+blown out over `bright_level`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from vqf.errors import ConfigError
+from vqf.filters.base import register
+from vqf.filters.frames import FrameFilter, FrameSet, check_range, pick, rounded, to_host
+
+
+@dataclass(frozen=True)
+class ExposureOptions:
+    dark_level: float = 0.1  # luma under this counts as dark (about 25 of 255)
+    bright_level: float = 0.95  # luma over this counts as blown out (about 242 of 255)
+
+    def __post_init__(self):
+        check_range("exposure", "dark_level", self.dark_level)
+        check_range("exposure", "bright_level", self.bright_level)
+        if self.dark_level >= self.bright_level:
+            raise ConfigError(
+                f"filters.exposure.options: dark_level {self.dark_level} must be below "
+                f"bright_level {self.bright_level}"
+            )
+
+
+@register
+class ExposureFilter(FrameFilter):
+    name = "exposure"
+    keys = {"frames": "exposure"}
+    Options = ExposureOptions
+
+    def measure(self, frames: FrameSet) -> dict[str, Any]:
+        luma = pick(frames.luma, frames.whole)
+        host = to_host(
+            {
+                "mean_luma": luma.mean(),
+                "dark_share": (luma < self.options.dark_level).float().mean(),
+                "bright_share": (luma > self.options.bright_level).float().mean(),
+            }
+        )
+        return {key: rounded(value, 4) for key, value in host.items()}
