@@ -90,6 +90,7 @@ class DecodeConfig:
     max_pixels: int = 7680 * 4320
     max_frames_decoded: int = 20000
     chunk_frames: int = 64  # pyav route: frames per trip through the graph (bounds host memory)
+    prescale: float = 2.0  # pyav route: shrink to this multiple of the clip size in swscale; 0 = off
 
 
 @dataclass(frozen=True)

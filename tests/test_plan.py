@@ -1,0 +1,133 @@
+"""Sampling plan: the seed's windows, exact clip sizes, one decode of the union."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vqf.config import SamplingConfig
+from vqf.video.plan import make_plan, segment_windows
+
+
+def cfr(seconds: float, fps: float) -> np.ndarray:
+    return np.arange(round(seconds * fps)) / fps
+
+
+@pytest.mark.parametrize(
+    ("duration", "windows"),
+    [
+        (20.0, [(0, 4), (3, 7), (6, 10), (9, 13), (12, 16), (15, 19)]),  # 1 s tail: not > 1 s
+        (8.5, [(0, 4), (3, 7), (4.5, 8.5)]),  # 1.5 s tail: end-aligned window
+        (7.0, [(0, 4), (3, 7)]),
+        (4.0, [(0, 4)]),
+        (3.9, [(0, 3.9)]),  # shorter than a window: one window over all of it
+        (1.0, [(0, 1)]),
+    ],
+)
+def test_seed_windows(duration, windows):
+    got = segment_windows(duration, window_s=4, stride_s=3, tail_min_s=1)
+    np.testing.assert_allclose(np.array(got), np.array(windows, dtype=float), atol=1e-6)
+
+
+def test_default_plan_of_a_20s_video_decodes_each_frame_once():
+    plan = make_plan(cfr(20, 30), sampling=SamplingConfig())
+    kinds = [c.kind for c in plan.clips]
+    assert kinds.count("whole") == 1 and kinds.count("segment") == 6 == kinds.count("inverse")
+    assert all(len(c.take) == 48 for c in plan.clips)
+    # 13 clips x 48 frames are read; overlap and reversal cost no extra decode
+    assert plan.frames_needed == 13 * 48
+    assert len(plan.frames) < plan.frames_needed
+    assert len(plan.frames) == len(np.unique(plan.frames))
+
+
+def test_short_video_repeats_frames_to_fill_a_clip():
+    plan = make_plan(cfr(1, 10), sampling=SamplingConfig())
+    for clip in plan.clips:
+        idx = plan.frame_indices(clip)
+        assert len(idx) == 48
+        assert set(idx.tolist()) == set(range(10))
+
+
+def test_variable_frame_rate_picks_by_time():
+    # 2 s at 50 fps, then 5 s at 5 fps: a window over the sparse part holds few frames
+    ts = np.concatenate([np.arange(100) / 50, 2 + np.arange(25) / 5])
+    plan = make_plan(ts, sampling=SamplingConfig(window_frames=8), duration_s=7.0)
+    second = plan.clips_of("segment")[1]  # [3, 7]
+    assert (second.start_s, second.end_s) == (3, 7)
+    times = ts[plan.frame_indices(second)]
+    assert times.min() >= 3 and times.max() < 7
+    first = plan.frame_indices(plan.clips_of("segment")[0])  # [0, 4]: spread by time
+    assert ts[first].min() == 0 and ts[first].max() == pytest.approx(3.8)
+
+
+def test_detection_frames_are_spread_and_in_the_union():
+    plan = make_plan(cfr(10, 10), sampling=SamplingConfig(detect_frames=4))
+    assert plan.detect_frames.tolist() == [0, 33, 66, 99]
+    assert np.isin(plan.detect_frames, plan.frames).all()
+
+
+@st.composite
+def videos(draw):
+    n = draw(st.integers(1, 400))
+    fps = draw(st.sampled_from([5.0, 12.5, 24.0, 30.0, 60.0]))
+    steps = np.full(n, 1 / fps)
+    if draw(st.booleans()):  # variable frame rate
+        seed = draw(st.integers(0, 2**16))
+        steps *= np.random.default_rng(seed).uniform(0.2, 3.0, size=n)
+    ts = np.concatenate([[0.0], np.cumsum(steps)[:-1]])
+    sampling = SamplingConfig(
+        whole_frames=draw(st.integers(1, 64)),
+        window_frames=draw(st.integers(1, 64)),
+        window_s=draw(st.sampled_from([1.0, 2.0, 4.0])),
+        stride_s=draw(st.sampled_from([0.5, 1.0, 3.0])),
+        tail_min_s=draw(st.sampled_from([0.0, 0.5, 1.0])),
+        detect_frames=draw(st.integers(1, 8)),
+    )
+    return ts, sampling
+
+
+@settings(max_examples=60, deadline=None)
+@given(videos())
+def test_plan_properties(video):
+    ts, sampling = video
+    plan = make_plan(ts, sampling=sampling)
+    n, duration = len(ts), plan.duration_s
+    frames = plan.frames
+    assert np.all(np.diff(frames) > 0), "union sorted, no duplicates"
+    assert frames.min() >= 0 and frames.max() < n
+    for clip in plan.clips:
+        assert len(clip.take) == (
+            sampling.whole_frames if clip.kind == "whole" else sampling.window_frames
+        )
+        assert clip.take.min() >= 0 and clip.take.max() < len(frames)
+    needed = np.concatenate([plan.frame_indices(c) for c in plan.clips] + [plan.detect_frames])
+    assert set(needed.tolist()) == set(frames.tolist()), "the union is exactly what clips need"
+
+    segments, inverses = plan.clips_of("segment"), plan.clips_of("inverse")
+    assert len(segments) == len(inverses)
+    for seg, inv in zip(segments, inverses, strict=True):
+        assert (seg.start_s, seg.end_s) == (inv.start_s, inv.end_s)
+        assert np.array_equal(inv.take, seg.take[::-1])
+        idx = plan.frame_indices(seg)
+        shown = ts[idx]
+        if np.any((ts >= seg.start_s - 1e-6) & (ts < seg.end_s - 1e-6)):
+            assert shown.min() >= seg.start_s - 1e-6 and shown.max() < seg.end_s
+        assert np.all(np.diff(idx) >= 0), "segment frames in playing order"
+
+    starts = [s.start_s for s in segments]
+    ends = [s.end_s for s in segments]
+    if duration < sampling.window_s:
+        assert (starts, ends) == ([0.0], [pytest.approx(duration, abs=1e-5)])
+        return
+    regular = [s for s in segments if abs(s.end_s - s.start_s - sampling.window_s) < 1e-5]
+    assert len(regular) == len(segments)
+    for k, start in enumerate(starts[: len(starts) - 1]):
+        assert start == pytest.approx(k * sampling.stride_s, abs=1e-5)
+    uncovered = duration - max(ends)
+    assert uncovered <= sampling.tail_min_s + 1e-5, "a long tail gets an end-aligned window"
+    assert max(ends) <= duration + 1e-5
+    if sampling.stride_s <= sampling.window_s:
+        gaps = np.array(starts[1:]) - np.array(ends[:-1])
+        assert np.all(gaps <= 1e-5), "windows leave no hole"

@@ -1,0 +1,106 @@
+"""Probe: metadata of every kind of generated video, and the route verdicts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vqf.config import DecodeConfig, Recipe, SamplingConfig
+from vqf.video.probe import choose_route, describe, nvdec_codecs, probe
+from vqf.video.synth import frame_times
+
+CODECS = ["h264", "hevc", "vp9", "mjpeg", "mpeg4"]
+
+
+@pytest.mark.parametrize("vfr", [False, True], ids=["cfr", "vfr"])
+@pytest.mark.parametrize("codec", CODECS)
+def test_probe_reads_codec_size_and_timestamps(video_factory, codec, vfr):
+    path = video_factory(codec=codec, width=64, height=48, seconds=2, fps=10, vfr=vfr)
+    info = probe(path, device="cpu")
+    assert (info.codec, info.width, info.height) == (codec, 64, 48)
+    assert info.frame_count == 20
+    # webm/mkv store milliseconds, mp4 the encoder's ticks
+    expected = frame_times(20, fps=10, vfr=vfr, ticks=1000 if codec == "mpeg4" else 90000)
+    np.testing.assert_allclose(info.timestamps, expected, atol=1.5e-3)
+    assert info.vfr is vfr
+    if not vfr:
+        assert info.fps == pytest.approx(10, rel=1e-3)
+        assert info.duration_s == pytest.approx(2.0, abs=2e-3)
+    assert info.bit_depth == 8 and info.rotation == 0
+    assert info.has_video and not info.has_audio
+    assert info.route == ("dali-cpu" if codec in ("vp9", "mjpeg") else "pyav")
+
+
+@pytest.mark.parametrize("codec", ["h264", "vp9", "mjpeg"])
+def test_probe_reads_display_rotation(video_factory, codec):
+    path = video_factory(codec=codec, width=64, height=48, seconds=1, rotation=90)
+    info = probe(path, device="cpu")
+    assert info.rotation == 90
+    assert (info.width, info.height) == (48, 64)  # stored portrait
+    assert (info.display_width, info.display_height) == (64, 48)
+
+
+@pytest.mark.parametrize("seconds", [1, 3.9, 4, 20])
+def test_probe_duration(video_factory, seconds):
+    path = video_factory(codec="h264", width=32, height=24, seconds=seconds, fps=10)
+    info = probe(path, device="cpu")
+    assert info.frame_count == round(seconds * 10)
+    assert info.duration_s == pytest.approx(seconds, abs=1e-3)
+
+
+@pytest.mark.parametrize(("width", "height"), [(854, 480), (720, 1280)])
+def test_probe_real_sizes(video_factory, width, height):
+    path = video_factory(codec="h264", width=width, height=height, seconds=1, fps=3)
+    info = probe(path, device="cpu")
+    assert (info.width, info.height, info.frame_count) == (width, height, 3)
+
+
+def test_probe_bit_depth_and_audio(video_factory):
+    path = video_factory(codec="hevc", seconds=1, pix_fmt="yuv420p10le", audio=True)
+    info = probe(path, device="cpu")
+    assert info.bit_depth == 10 and info.pix_fmt.startswith("yuv420p10")
+    assert info.has_audio
+    assert info.route == "pyav"
+
+
+def test_chroma_layouts_dali_cpu_decodes_stay_on_it(video_factory):
+    path = video_factory(codec="mjpeg", seconds=1, pix_fmt="yuvj422p")
+    info = probe(path, device="cpu")
+    assert (info.pix_fmt, info.bit_depth, info.route) == ("yuvj422p", 8, "dali-cpu")
+
+
+def test_requested_route_is_honoured_or_falls_back(video_factory):
+    vp9 = probe(video_factory(codec="vp9", seconds=1), device="cpu")
+    h264 = probe(video_factory(codec="h264", seconds=1), device="cpu")
+    assert choose_route(vp9, requested="pyav", device="cpu") == ("pyav", "requested")
+    assert choose_route(vp9, requested="dali-cpu", device="cpu") == ("dali-cpu", "requested")
+    route, reason = choose_route(h264, requested="dali-cpu", device="cpu")
+    assert route == "pyav" and reason.startswith("fallback")
+    route, reason = choose_route(vp9, requested="nvdec", device="cpu")
+    assert route == "dali-cpu" and "nvdec" in reason
+    forced = probe(
+        video_factory(codec="vp9", seconds=1), decode=DecodeConfig(route="pyav"), device="cpu"
+    )
+    assert forced.route == "pyav"
+
+
+@pytest.mark.gpu
+def test_gpu_routes_everything_nvdec_can_decode(video_factory):
+    import torch
+
+    major, _ = torch.cuda.get_device_capability(0)
+    for codec in CODECS:
+        info = probe(video_factory(codec=codec, seconds=1), device="cuda:0")
+        assert info.route == "nvdec", codec
+    assert major != 9 or "av1" not in nvdec_codecs("cuda:0")
+
+
+def test_describe_shows_metadata_and_plan(video_factory):
+    path = video_factory(codec="vp9", width=64, height=48, seconds=8, fps=5, rotation=90)
+    recipe = Recipe(sampling=SamplingConfig(whole_frames=8, window_frames=6))
+    text = describe(path, recipe=recipe, device="cpu")
+    assert "vp9 48x64" in text and "rotation 90" in text and "displayed 64x48" in text
+    assert "dali-cpu" in text
+    # 8 s: windows [0,4] and [3,7]; the 1 s tail is not longer than tail_min_s
+    assert text.count("segment") == 2 and text.count("inverse") == 2
+    assert "[  3.000,   7.000]" in text

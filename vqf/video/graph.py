@@ -1,0 +1,197 @@
+"""DALI graphs: decode (or take raw frames), rotate, crop, resize, normalise.
+
+Small pipelines, one per (route, head), share two heads. A *source* gives uint8 frames
+(F, H, W, C) as stored in the file: `nvdec` and `dali-cpu` run `fn.decoders.video` on the
+file's bytes with `frames=` the plan's union (device "mixed" or "cpu"); `pyav` takes frames
+FFmpeg already decoded on the CPU. On a GPU rank every source moves to the GPU before the
+head, so all routes share one definition of preprocessing. A *head*
+turns them into model input: `clip` crops the region of interest and resizes to the clip size,
+applies the display rotation, and normalises to FCHW (FP16 on GPU, float32 on CPU); `detect`
+letterboxes to detect_size x detect_size as float 0..1 FCHW. Rotation runs after the resize,
+on the small picture: a quarter turn commutes with resizing, so the result equals rotating
+first, at a fraction of the cost. The ROI is mapped into stored-frame coordinates to match.
+
+Per-sample inputs (all float32): `roi` [y0, x0, y1, x1] relative to the stored frame, `size`
+[h, w] before rotation, `angle` counter-clockwise degrees.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from vqf.config import SamplingConfig
+
+Source = Literal["nvdec", "dali-cpu", "pyav"]
+Head = Literal["clip", "detect"]
+LETTERBOX_FILL = 114  # the grey YOLO pads with
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """How a displayed frame maps into the detection square: x_box = x * scale_x + pad_x."""
+
+    size: int
+    scale_x: float
+    scale_y: float
+    pad_x: int = 0
+    pad_y: int = 0
+    width: int = 0
+    height: int = 0
+
+
+def build_pipeline(
+    *,
+    source: Source,
+    head: Head,
+    sampling: SamplingConfig,
+    batch_size: int,
+    device_id: int | None,
+    num_threads: int = 2,
+):
+    """Builds one pipeline; `device_id=None` keeps everything on the CPU."""
+    from nvidia.dali import Pipeline
+
+    pipe = Pipeline(
+        batch_size=batch_size,
+        num_threads=num_threads,
+        device_id=device_id,
+        exec_dynamic=True,  # outputs stay valid after the next run: torch holds them via DLPack
+        prefetch_queue_depth=1,  # we feed, then run: nothing to prefetch
+    )
+    gpu = device_id is not None
+    with pipe:
+        frames = _source(source, gpu=gpu)
+        out = _clip_head(frames, sampling, gpu=gpu) if head == "clip" else _detect_head(frames)
+        pipe.set_outputs(out)
+    pipe.build()
+    return pipe
+
+
+def run_pipeline(pipe, inputs: dict[str, list[np.ndarray]]):
+    """Feeds one batch (the same number of samples under every name) and runs it."""
+    for name, batch in inputs.items():
+        pipe.feed_input(name, batch)
+    (out,) = pipe.run()
+    return out
+
+
+def to_torch(batch, index: int):
+    """Sample `index` of a pipeline output as a torch tensor, without a copy (DLPack)."""
+    import torch
+
+    return torch.from_dlpack(batch[index])
+
+
+def _source(source: Source, *, gpu: bool):
+    from nvidia.dali import fn, types
+
+    if source == "nvdec" and not gpu:
+        raise ValueError("the nvdec route needs a GPU pipeline (device_id)")
+    if source == "pyav":
+        frames = fn.external_source(name="raw", dtype=types.UINT8, layout="FHWC", ndim=4)
+    else:
+        encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
+        indices = fn.external_source(name="frames", dtype=types.INT32, ndim=1)
+        decoder = "mixed" if source == "nvdec" else "cpu"
+        # pad_mode "none": a frame the stream lacks is an error, never a silent black frame
+        frames = fn.decoders.video(encoded, frames=indices, device=decoder, pad_mode="none")
+    return frames.gpu() if gpu and source != "nvdec" else frames
+
+
+def _geometry(*names: str):
+    """Per-sample argument inputs; a pipeline declares only those its head reads."""
+    from nvidia.dali import fn, types
+
+    ndim = {"roi": 1, "size": 1, "angle": 0}
+    return [fn.external_source(name=n, dtype=types.FLOAT, ndim=ndim[n]) for n in names]
+
+
+def _clip_head(frames, sampling: SamplingConfig, *, gpu: bool):
+    from nvidia.dali import fn, types
+
+    roi, size, angle = _geometry("roi", "size", "angle")
+    frames = fn.resize(
+        frames,
+        roi_start=roi[0:2],
+        roi_end=roi[2:4],
+        roi_relative=True,
+        resize_y=size[0],
+        resize_x=size[1],
+        interp_type=types.INTERP_LINEAR,
+        antialias=True,
+    )
+    frames = fn.rotate(frames, angle=angle, interp_type=types.INTERP_NN, keep_size=False)
+    return fn.crop_mirror_normalize(
+        frames,
+        dtype=types.FLOAT16 if gpu else types.FLOAT,
+        output_layout="FCHW",
+        mean=[255.0 * m for m in sampling.mean],
+        std=[255.0 * s for s in sampling.std],
+    )
+
+
+def _detect_head(frames):
+    from nvidia.dali import fn, types
+
+    size, angle = _geometry("size", "angle")
+    frames = fn.resize(frames, resize_y=size[0], resize_x=size[1], interp_type=types.INTERP_LINEAR)
+    frames = fn.rotate(frames, angle=angle, interp_type=types.INTERP_NN, keep_size=False)
+    side = fn.external_source(name="side", dtype=types.INT32, ndim=1)
+    # pad right and bottom to the square, so boxes map back with a scale and no offset
+    frames = fn.pad(frames, axis_names="HW", shape=side, fill_value=LETTERBOX_FILL)
+    return fn.crop_mirror_normalize(
+        frames, dtype=types.FLOAT, output_layout="FCHW", mean=[0.0], std=[255.0]
+    )
+
+
+def clip_inputs(
+    *, width: int, height: int, rotation: int, roi, sampling: SamplingConfig
+) -> dict[str, np.ndarray]:
+    """Per-sample geometry of the clip head for a stored `width` x `height` video."""
+    quarter = rotation in (90, 270)
+    out_h, out_w = (
+        (sampling.width, sampling.height) if quarter else (sampling.height, sampling.width)
+    )
+    box = (0.0, 0.0, 1.0, 1.0) if roi is None else (roi.x0, roi.y0, roi.x1, roi.y1)
+    x0, y0, x1, y1 = stored_roi(box, rotation=rotation)
+    return {
+        "roi": np.array([y0, x0, y1, x1], np.float32),
+        "size": np.array([out_h, out_w], np.float32),
+        "angle": np.array(rotation, np.float32),
+    }
+
+
+def detect_inputs(*, width: int, height: int, rotation: int, size: int):
+    """Per-sample geometry of the detect head, and the letterbox that maps boxes back."""
+    quarter = rotation in (90, 270)
+    disp_w, disp_h = (height, width) if quarter else (width, height)
+    scale = size / max(disp_w, disp_h)
+    new_w, new_h = max(1, round(disp_w * scale)), max(1, round(disp_h * scale))
+    pre_h, pre_w = (new_w, new_h) if quarter else (new_h, new_w)
+    inputs = {
+        "size": np.array([pre_h, pre_w], np.float32),
+        "angle": np.array(rotation, np.float32),
+        "side": np.array([size, size], np.int32),
+    }
+    box = Letterbox(
+        size=size, scale_x=new_w / disp_w, scale_y=new_h / disp_h, width=disp_w, height=disp_h
+    )
+    return inputs, box
+
+
+def stored_roi(box, *, rotation: int) -> tuple[float, float, float, float]:
+    """Maps a relative (x0, y0, x1, y1) box in the displayed frame into the stored frame.
+
+    The displayed frame is the stored one turned counter-clockwise by `rotation` degrees.
+    """
+    x0, y0, x1, y1 = box
+    if rotation == 90:  # displayed (x, y) shows stored (1 - y, x)
+        return 1 - y1, x0, 1 - y0, x1
+    if rotation == 180:
+        return 1 - x1, 1 - y1, 1 - x0, 1 - y0
+    if rotation == 270:  # displayed (x, y) shows stored (y, 1 - x)
+        return y0, 1 - x1, y1, 1 - x0
+    return x0, y0, x1, y1

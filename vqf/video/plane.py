@@ -1,0 +1,167 @@
+"""The rank's video plane: probe + plan per video, then batched decode through DALI graphs.
+
+Why a thread pool and not DALI's parallel external source: `prepare()` (probe and plan) runs
+in the engine's worker threads, and a video that fails there never enters a batch. DALI's
+parallel external source runs callbacks in spawned processes that must return one sample for
+every slot of a fixed-size batch: a failed fetch or probe could not leave the batch, it would
+need a placeholder that still goes through the decoder, and the fetcher's tier statistics and
+byte budget would live in other processes. So fetch+probe+plan stay in threads and the graph
+only ever sees videos the probe accepted.
+
+`Prepared` holds the path, not the bytes: prepared videos wait in the prefetch queue, and the
+bytes are read when their batch is decoded (the file was just probed, so it is in page cache).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from vqf.config import Recipe
+from vqf.errors import ConfigError, ErrorType, Stage, VideoError
+from vqf.video.graph import Letterbox
+from vqf.video.plan import Clip, SamplingPlan, make_plan
+from vqf.video.probe import VideoInfo, probe
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Roi:
+    """A region of interest, relative 0..1, in the displayed (rotated) frame."""
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+
+
+@dataclass(frozen=True, eq=False)
+class Prepared:
+    """A probed and planned video, ready for a decode batch."""
+
+    path: Path
+    uri: str
+    info: VideoInfo
+    plan: SamplingPlan
+
+    @property
+    def route(self) -> str:
+        return self.info.route
+
+
+@dataclass(eq=False)
+class Decoded:
+    """The plan's frames, preprocessed, on the plane's device: (U, 3, H, W)."""
+
+    info: VideoInfo
+    plan: SamplingPlan
+    frames: object  # torch.Tensor
+    route: str
+    _takes: dict = field(default_factory=dict, repr=False)
+
+    def clip_tensor(self, clip: Clip):
+        """The clip's frames (T, 3, H, W), gathered from the union on the device."""
+        import torch
+
+        take = self._takes.get(id(clip))
+        if take is None:
+            take = torch.from_numpy(clip.take).to(self.frames.device)
+            self._takes[id(clip)] = take
+        return self.frames.index_select(0, take)
+
+
+@dataclass(frozen=True)
+class DetectFrames:
+    """Detection frames (D, 3, S, S) float 0..1 RGB, letterboxed; `indices` are frame numbers."""
+
+    frames: object  # torch.Tensor
+    indices: np.ndarray
+    letterbox: Letterbox
+
+
+class VideoPlane:
+    """Probe, plan and decode for one rank. One pipeline per (source, head), built once."""
+
+    def __init__(self, *, recipe: Recipe, device: str):
+        if device != "cpu" and not device.startswith("cuda"):
+            raise ConfigError(f"device {device!r} is not allowed", hint="use cpu or cuda:N")
+        if recipe.decode.route == "nvdec" and device == "cpu":
+            raise ConfigError(
+                "decode.route = 'nvdec' needs a GPU, but this rank runs on the CPU",
+                hint="use decode.route=auto, dali-cpu or pyav",
+            )
+        self.recipe = recipe
+        self.device = device
+        self.device_id = None if device == "cpu" else int((device.split(":") + ["0"])[1])
+        self._pipes: dict[tuple[str, str], object] = {}
+        self.rebuilds = 0
+
+    # -- probe and plan -------------------------------------------------------------
+
+    def prepare(self, fetched_path: Path, *, uri: str) -> Prepared:
+        """Probes and plans one fetched file; raises VideoError. Safe in worker threads."""
+        path = Path(fetched_path)
+        info = probe(
+            path, decode=self.recipe.decode, sampling=self.recipe.sampling, device=self.device
+        )
+        plan = make_plan(info.timestamps, sampling=self.recipe.sampling, duration_s=info.duration_s)
+        if len(plan.frames) > self.recipe.decode.max_frames_decoded:
+            raise VideoError(
+                ErrorType.TOO_LARGE,
+                f"{path.name} needs {len(plan.frames)} decoded frames, over "
+                f"decode.max_frames_decoded = {self.recipe.decode.max_frames_decoded}",
+                stage=Stage.PLAN,
+                hint="raise decode.max_frames_decoded or sampling.stride_s",
+            )
+        return Prepared(path=path, uri=uri, info=info, plan=plan)
+
+    # -- main decode ----------------------------------------------------------------
+
+    def decode(
+        self, batch: list[Prepared], *, rois: list[Roi | None] | None = None
+    ) -> list[Decoded | VideoError]:
+        """Decodes a batch; each slot holds that video's Decoded or its VideoError."""
+        from vqf.video.decode import decode_batch
+
+        rois = list(rois) if rois is not None else [None] * len(batch)
+        if len(rois) != len(batch):
+            raise ValueError(f"{len(rois)} rois for {len(batch)} videos")
+        return decode_batch(self, batch, rois)
+
+    def detect_frames(self, prepared: Prepared) -> DetectFrames:
+        """The plan's detection frames, letterboxed to sampling.detect_size; raises VideoError."""
+        from vqf.video.decode import decode_detect
+
+        return decode_detect(self, prepared)
+
+    # -- pipelines ------------------------------------------------------------------
+
+    def pipeline(self, source: str, head: str):
+        """The pipeline for (source, head), built on first use."""
+        key = (source, head)
+        if key not in self._pipes:
+            from vqf.video.graph import build_pipeline
+
+            batch = self.recipe.decode.batch_size if head == "clip" else 1
+            self._pipes[key] = build_pipeline(
+                source=source,
+                head=head,
+                sampling=self.recipe.sampling,
+                batch_size=batch,
+                device_id=self.device_id,
+                num_threads=max(1, self.recipe.decode.workers),
+            )
+        return self._pipes[key]
+
+    def rebuild(self, source: str, head: str) -> None:
+        """Drops a pipeline DALI invalidated after an operator error; the next use rebuilds."""
+        self.rebuilds += 1
+        log.warning("rebuilding the %s/%s DALI pipeline after an error", source, head)
+        self._pipes.pop((source, head), None)
+
+    def close(self) -> None:
+        self._pipes.clear()
