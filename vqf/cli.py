@@ -49,7 +49,16 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a recipe over a table of videos")
     _recipe_args(run)
     run.add_argument("--gpus", type=int, default=0, help="ranks to spawn on this machine (default: 1)")
+    run.add_argument("--dashboard", choices=["auto", "rich", "plain"], default="auto",
+                     help="progress display: auto = the live dashboard on a terminal, else a status line")
     run.set_defaults(func=cmd_run)
+
+    from vqf.ops.profile import add_arguments as profile_arguments
+
+    prof = sub.add_parser("profile", help="run a sample; time per stage, the bottleneck, the floors")
+    _recipe_args(prof)
+    profile_arguments(prof)
+    prof.set_defaults(func=lambda a: __import__("vqf.ops.profile", fromlist=["cmd_profile"]).cmd_profile(a))
 
     probe = sub.add_parser("probe", help="print a video's metadata and sampling plan")
     probe.add_argument("target", help="a local file, oss://bucket/key or http(s) URL")
@@ -117,12 +126,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     prepare_demo(recipe)
     from vqf.engine.launch import run_job
-    from vqf.ops.status import StatusLine
+    from vqf.ops.dashboard import make_status
 
     rank = int(os.environ.get("RANK", "0"))
     if rank == 0:
         write_resolved(recipe, resolved_config_path(recipe))
-    status = StatusLine()
+    status = make_status(mode=args.dashboard)
     snaps = run_job(recipe, ranks=max(1, args.gpus), status=status)
     if rank == 0 and snaps:
         print(f"outputs: {recipe.outputs}")

@@ -61,8 +61,9 @@ class ModelStage:
                 continue
             info: dict[str, Any] = {}
             try:
-                for f in self.filters:
-                    info.update(f.to_info(results[v][f.name]))
+                with self._stage("aggregate"):
+                    for f in self.filters:
+                        info.update(f.to_info(results[v][f.name]))
             except Exception as e:  # a head's output that cannot be aggregated
                 out.append(VideoError(ErrorType.MODEL_FAILED, f"aggregate: {e}", stage=Stage.AGGREGATE))
                 continue
@@ -111,13 +112,16 @@ class ModelStage:
 
         backbone = self.bank.backbone(model_name)
         clips = torch.stack([videos[j.video].clip_tensor(j.clip) for j in chunk])
-        tokens = backbone.encode(clips)
+        with self._stage(f"backbone:{model_name}", items=len(chunk)):
+            tokens = backbone.encode(clips)
+            self._sync(tokens)
         self._count("clips_encoded", len(chunk))
         for f in filters:
             rows = [i for i, j in enumerate(chunk) if j.clip.kind in f.reads]
             if not rows:
                 continue
-            probs = f.probs(tokens[rows]).float().cpu().tolist()
+            with self._stage(f"head:{f.name}", items=len(rows)):
+                probs = f.probs(tokens[rows]).float().cpu().tolist()
             for i, p in zip(rows, probs):
                 clip = chunk[i].clip
                 results[chunk[i].video][f.name].append(
@@ -129,6 +133,19 @@ class ModelStage:
                         probs=dict(zip(f.labels, p)),
                     )
                 )
+
+    def _stage(self, name: str, *, items: int = 1):
+        """Times a part of the model stage for the profiler (nothing without stats)."""
+        from contextlib import nullcontext
+
+        return self.stats.stage(name, items=items) if self.stats is not None else nullcontext()
+
+    def _sync(self, tokens) -> None:
+        """While profiling, waits for the GPU so a backbone's time is not billed to the head."""
+        if self.stats is not None and self.stats.keep_spans and tokens.is_cuda:
+            import torch
+
+            torch.cuda.synchronize(tokens.device)
 
     def _count(self, key: str, n: int = 1) -> None:
         if self.stats is not None:

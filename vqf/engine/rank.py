@@ -10,9 +10,11 @@ Every input row of the slice that the output does not hold yet ends as exactly o
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import deque
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +38,52 @@ class _Ready:
     start_time: str
     roi: Any = None
     detect_info: dict = field(default_factory=dict)
+
+
+class _Task:
+    """One row being fetched and probed on a worker thread."""
+
+    def __init__(self, item: WorkItem):
+        self.item = item
+        self.started, self.start_time = time.time(), now()
+        self.lock = threading.Lock()
+        self.probe_started: float | None = None  # monotonic, set when the probe begins
+        self.finished = False
+        self.abandoned = False
+
+
+class _Workers:
+    """Daemon threads for fetch+probe, at most `n` at work. A thread stuck in C code cannot be
+    stopped, so a hung one is abandoned (its slot given back) and never blocks the exit."""
+
+    def __init__(self, n: int):
+        self._slots = threading.Semaphore(n)
+
+    def submit(self, fn, task: _Task) -> Future:
+        fut: Future = Future()
+
+        def run() -> None:
+            with self._slots_held(task):
+                try:
+                    fut.set_result(fn(task))
+                except BaseException as e:
+                    fut.set_exception(e)
+
+        threading.Thread(target=run, name="vqf-prep", daemon=True).start()
+        return fut
+
+    @contextmanager
+    def _slots_held(self, task: _Task):
+        self._slots.acquire()
+        try:
+            yield
+        finally:
+            with task.lock:
+                if not task.abandoned:
+                    self._slots.release()
+
+    def give_back(self) -> None:
+        self._slots.release()
 
 
 class Rank:
@@ -87,6 +135,11 @@ class Rank:
         from vqf.video import VideoPlane
 
         self.fetcher = Fetcher(self.recipe.storage)
+        self.stats.probes["storage"] = self.fetcher.stats
+        if self.device.startswith("cuda"):
+            from vqf.ops.dashboard import gpu_reading
+
+            self.stats.probes["gpu"] = lambda: gpu_reading(self.device)
         self.plane = VideoPlane(recipe=self.recipe, device=self.device)
         resolve = self._fetch_checkpoints(local_leader=local_leader, group=group)
         self.bank = ModelBank.load(recipe=self.recipe, device=self.device, resolve=resolve)
@@ -132,6 +185,7 @@ class Rank:
         sink, work = self._open_tables(group)
         writer = Writer(sink, flush_rows=self.recipe.engine.writer_flush_rows, stats=self.stats)
         self.writer = writer
+        self.stats.queues["write"] = writer.queue
         try:
             todo = [w for w in work if w.error is None]
             for item in work:
@@ -158,36 +212,78 @@ class Rank:
     def _process(self, todo: list[WorkItem]) -> None:
         cfg = self.recipe.decode
         pending = deque(todo)
-        inflight: set[Future] = set()
+        inflight: dict[Future, _Task] = {}
         ready: list[_Ready] = []
-        with ThreadPoolExecutor(max_workers=max(1, cfg.workers), thread_name_prefix="vqf-prep") as pool:
-            while pending or inflight or ready:
-                while pending and len(inflight) + len(ready) < cfg.batch_size + cfg.prefetch:
-                    inflight.add(pool.submit(self._prepare, pending.popleft()))
-                if inflight:
-                    done, inflight = wait(inflight, timeout=1.0, return_when=FIRST_COMPLETED)
-                    for fut in done:
-                        outcome = fut.result()
-                        if isinstance(outcome, _Ready):
-                            ready.append(outcome)
-                full = len(ready) >= cfg.batch_size
-                if ready and (full or (not pending and not inflight)):
-                    batch, ready = ready[: cfg.batch_size], ready[cfg.batch_size :]
-                    self._run_batch(batch)
+        from vqf.engine.stats import Gauge
 
-    def _prepare(self, item: WorkItem) -> _Ready | None:
-        """Fetch, probe and plan one video on a worker thread; a failure is written here."""
-        started, start_time = time.time(), now()
+        self.stats.queues["prepare"] = Gauge(lambda: len(inflight))
+        self.stats.queues["decode"] = Gauge(lambda: len(ready))
+        workers = _Workers(max(1, cfg.workers))
+        while pending or inflight or ready:
+            while pending and len(inflight) + len(ready) < cfg.batch_size + cfg.prefetch:
+                task = _Task(pending.popleft())
+                inflight[workers.submit(self._prepare, task)] = task
+            if inflight:
+                done, _ = wait(set(inflight), timeout=1.0, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    inflight.pop(fut)
+                    outcome = fut.result()
+                    if isinstance(outcome, _Ready):
+                        ready.append(outcome)
+                self._abandon_hung(inflight, workers, timeout_s=cfg.timeout_s)
+            full = len(ready) >= cfg.batch_size
+            # downloads waiting for cache space that ready videos hold: decode what is ready
+            starved = False and self.fetcher.cache_usage().get("waiting", 0) > 0
+            if ready and (full or starved or (not pending and not inflight)):
+                batch, ready = ready[: cfg.batch_size], ready[cfg.batch_size :]
+                self._run_batch(batch)
+
+    def _abandon_hung(self, inflight: dict, workers: _Workers, *, timeout_s: float) -> None:
+        """A probe running past decode.timeout_s (a stuck mount, a decoder that never returns)
+        becomes a TIMEOUT row; its thread is left behind and its worker slot given back."""
+        now_s = time.monotonic()
+        for fut, task in list(inflight.items()):
+            with task.lock:
+                if task.finished or task.probe_started is None:
+                    continue
+                if now_s - task.probe_started <= timeout_s:
+                    continue
+                task.abandoned = True
+            inflight.pop(fut)
+            workers.give_back()
+            self.stats.add("probe_timeouts")
+            error = VideoError(
+                ErrorType.TIMEOUT,
+                f"probe of {task.item.video_id} ran past decode.timeout_s = {timeout_s:g}s",
+                stage=Stage.PROBE,
+                hint="raise decode.timeout_s, or check the storage the video is read from",
+            )
+            self._fail(task.item, error, started=task.started, start_time=task.start_time)
+
+    def _prepare(self, task: _Task) -> _Ready | None:
+        """Fetch, probe and plan one video on a worker thread; a failure is written here.
+        Nothing is written for a task the main loop abandoned (it wrote the TIMEOUT row)."""
+        item, started, start_time = task.item, task.started, task.start_time
         fetched = None
         try:
             with self.stats.stage("fetch", label=item.video_id):
                 fetched = self.fetcher.fetch(item.row)
+            task.probe_started = time.monotonic()
             with self.stats.stage("probe", label=item.video_id):
                 prepared = self.plane.prepare(fetched.path, uri=fetched.uri)
-            return _Ready(item, fetched, prepared, started, start_time)
+            with task.lock:
+                task.finished = True
+                if not task.abandoned:
+                    return _Ready(item, fetched, prepared, started, start_time)
+            fetched.release()
+            return None
         except Exception as e:
             if fetched is not None:
                 fetched.release()
+            with task.lock:
+                task.finished = True
+                if task.abandoned:
+                    return None
             self._fail(item, _as_video_error(e, Stage.PROBE if fetched else Stage.FETCH),
                        started=started, start_time=start_time)
             return None
@@ -197,7 +293,7 @@ class Rank:
             if self.detectors:
                 batch = self._detect(batch)
             rois = [r.roi for r in batch]
-            with self.stats.stage("decode", items=len(batch)):
+            with self.stats.stage("decode", items=len(batch), label=",".join(r.item.video_id for r in batch)):
                 decoded = self.plane.decode([r.prepared for r in batch], rois=rois)
         except Exception as e:  # the plane isolates bad videos itself; this is the last guard
             decoded = [_as_video_error(e, Stage.DECODE)] * len(batch)
@@ -210,7 +306,7 @@ class Rank:
                 self._fail(r.item, _as_video_error(d, Stage.DECODE), started=r.started, start_time=r.start_time)
         if not good:
             return
-        with self.stats.stage("model", items=len(good)):
+        with self.stats.stage("model", items=len(good), label=",".join(r.item.video_id for r, _ in good)):
             infos = self.models.run([d for _, d in good])
         for (r, d), info in zip(good, infos):
             if isinstance(info, VideoError):
@@ -257,6 +353,7 @@ class Rank:
         )
         if route and route != "nvdec" and self.device.startswith("cuda"):
             self.stats.add("fallback_cpu_decode")
+        self.stats.add("video_seconds", float(r.prepared.info.duration_s))
         self.writer.put(record)
 
     def _fail(self, item: WorkItem, error: VideoError, *, started: float | None = None,

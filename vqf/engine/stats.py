@@ -26,9 +26,10 @@ class RankStats:
         self.spans: list[tuple[str, str, float, float]] = []  # (stage, label, start, end)
         self.keep_spans = False
         self.total = 0
-        self.queues: dict[str, Any] = {}
+        self.queues: dict[str, Any] = {}  # name -> anything with qsize()
+        self.probes: dict[str, Any] = {}  # snapshot key -> callable read at each snapshot
 
-    def add(self, key: str, n: int = 1) -> None:
+    def add(self, key: str, n: float = 1) -> None:
         with self._lock:
             self.counters[key] += n
 
@@ -53,6 +54,12 @@ class RankStats:
 
     def snapshot(self) -> dict[str, Any]:
         """Plain data, for the torch.distributed store and the dashboard."""
+        extra = {}
+        for key, probe in list(self.probes.items()):  # outside the lock: NVML calls can be slow
+            try:
+                extra[key] = probe()
+            except Exception:  # a probe must never stop progress reporting
+                pass
         with self._lock:
             elapsed = max(time.time() - self.started, 1e-6)
             written = self.counters["rows_written"]
@@ -70,4 +77,12 @@ class RankStats:
                 "stage_seconds": dict(self.stage_seconds),
                 "stage_items": dict(self.stage_items),
                 "queues": {k: q.qsize() for k, q in self.queues.items()},
+                **extra,
             }
+
+
+class Gauge:
+    """A queue depth kept elsewhere, for `RankStats.queues`: `Gauge(lambda: len(items))`."""
+
+    def __init__(self, read):
+        self.qsize = read

@@ -51,7 +51,8 @@ class Writer:
                 pending.append(item)
             if pending and (stop or item is None or len(pending) >= self.flush_rows):
                 try:
-                    with self.stats.stage("write", items=len(pending)):
+                    ids = ",".join(str(r.get("video_id", "")) for r in pending)
+                    with self.stats.stage("write", items=len(pending), label=ids):
                         self.sink.write(pending)
                 except BaseException as e:  # keep it for the rank to raise; rows stay unwritten
                     self.error = e

@@ -36,8 +36,12 @@ class StatusLine:
     """Prints job progress as one line; the final call prints a summary."""
 
     def __init__(self, stream: TextIO | None = None):
-        self.stream = stream or sys.stderr
+        self._stream = stream  # None: sys.stderr, looked up when printing (so it pickles)
         self.started = time.time()
+
+    @property
+    def stream(self) -> TextIO:
+        return self._stream or sys.stderr
 
     def __call__(self, snaps: list[dict[str, Any]], *, final: bool) -> None:
         s = summarize(snaps)
