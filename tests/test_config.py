@@ -10,7 +10,7 @@ import yaml
 
 from vqf.config import load_recipe, resolved_dict, seed_flag_overrides, write_resolved
 from vqf.errors import ConfigError, ErrorType, Stage, VideoError
-from vqf.schema import OUTPUT_COLUMNS, failure_record, parse_input_row, success_record, DeviceInfo
+from vqf.schema import OUTPUT_COLUMNS, DeviceInfo, failure_record, parse_input_row, success_record
 
 PIPELINES = sorted((Path(__file__).parent.parent / "pipelines").glob("*.yaml"))
 

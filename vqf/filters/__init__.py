@@ -9,8 +9,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 # The explicit list of built-in filters; importing a module registers its filter.
-from vqf.filters import abnormal_region, low_quality, rov, simcam, vfx  # noqa: F401
-from vqf.filters import borders, cuts, exposure, motion, sharpness  # noqa: F401
+from vqf.filters import (  # noqa: F401  # noqa: F401
+    abnormal_region,
+    borders,
+    cuts,
+    exposure,
+    low_quality,
+    motion,
+    rov,
+    sharpness,
+    simcam,
+    vfx,
+)
 from vqf.filters.base import (
     CLIP_KINDS,
     FILTERS,
