@@ -280,7 +280,7 @@ def _profiled_rank(recipe: Recipe, device: str):
         def _prepare(self, item):
             ready = super()._prepare(item)
             if ready is not None:
-                self.prepared.append((item.row, ready.prepared))
+                self.prepared.append((ready.item.row, ready.prepared))
             return ready
 
     rank = ProfiledRank(recipe, rank=0, world_size=1, device=device)
