@@ -233,7 +233,7 @@ class Rank:
                 self._abandon_hung(inflight, workers, timeout_s=cfg.timeout_s)
             full = len(ready) >= cfg.batch_size
             # downloads waiting for cache space that ready videos hold: decode what is ready
-            starved = False and self.fetcher.cache_usage().get("waiting", 0) > 0
+            starved = self.fetcher.cache_usage().get("waiting", 0) > 0
             if ready and (full or starved or (not pending and not inflight)):
                 batch, ready = ready[: cfg.batch_size], ready[cfg.batch_size :]
                 self._run_batch(batch)
@@ -358,6 +358,10 @@ class Rank:
 
     def _fail(self, item: WorkItem, error: VideoError, *, started: float | None = None,
               start_time: str | None = None) -> None:
+        from vqf.storage.secret import redact
+
+        # any stage's message may quote a library's error text: no configured secret leaves
+        error = VideoError(error.type, redact(error.message), stage=error.stage, hint=error.hint)
         self.stats.failure(item.video_id, error.type.value, error.message)
         record = failure_record(
             item.raw, error, row=item.row, start_time=start_time,

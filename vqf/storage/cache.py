@@ -30,6 +30,7 @@ class Cache:
         self._used = 0
         self._peak = 0
         self._waits = 0
+        self._waiting = 0  # fetches blocked on the budget right now
         self._cond = threading.Condition()
 
     @property
@@ -39,6 +40,7 @@ class Cache:
                 if self._directory:
                     self._made = Path(self._directory)
                     self._made.mkdir(parents=True, exist_ok=True)
+                    remove_orphans(self._made)
                 else:
                     # One private folder per process, removed when the cache goes away.
                     self._made = Path(tempfile.mkdtemp(prefix="vqf-cache-"))
@@ -52,6 +54,7 @@ class Cache:
                 "peak_bytes": self._peak,
                 "budget_bytes": self.budget_bytes,
                 "waits": self._waits,
+                "waiting": self._waiting,
             }
 
     def reserve(self, nbytes: int, *, timeout_s: float, uri: str) -> int:
@@ -62,20 +65,28 @@ class Cache:
         with self._cond:
             if self._used + nbytes > self.budget_bytes:
                 self._waits += 1
-            while self._used + nbytes > self.budget_bytes:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise VideoError(
-                        ErrorType.TIMEOUT,
-                        f"{uri}: waited {timeout_s:.1f}s for {nbytes / 2**20:.1f} MiB of cache space"
-                        f" ({self._used / 2**20:.1f} of {self.budget_bytes / 2**20:.1f} MiB in use)",
-                        stage=Stage.FETCH,
-                        hint="raise storage.cache_budget_gb or lower decode.prefetch",
-                    )
-                self._cond.wait(left)
+                self._waiting += 1
+                try:
+                    self._wait_for_space(nbytes, deadline=deadline, timeout_s=timeout_s, uri=uri)
+                finally:
+                    self._waiting -= 1
             self._used += nbytes
             self._peak = max(self._peak, self._used)
         return nbytes
+
+    def _wait_for_space(self, nbytes: int, *, deadline: float, timeout_s: float, uri: str) -> None:
+        """Waits on the condition (held by the caller) until `nbytes` fit in the budget."""
+        while self._used + nbytes > self.budget_bytes:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise VideoError(
+                    ErrorType.TIMEOUT,
+                    f"{uri}: waited {timeout_s:.1f}s for {nbytes / 2**20:.1f} MiB of cache space"
+                    f" ({self._used / 2**20:.1f} of {self.budget_bytes / 2**20:.1f} MiB in use)",
+                    stage=Stage.FETCH,
+                    hint="raise storage.cache_budget_gb or lower decode.prefetch",
+                )
+            self._cond.wait(left)
 
     def give_back(self, nbytes: int) -> None:
         with self._cond:
@@ -97,7 +108,7 @@ class Cache:
         partial file is deleted and the space given back.
         """
         held = self.reserve(reserve_bytes, timeout_s=timeout_s, uri=uri)
-        fd, name = tempfile.mkstemp(prefix="vqf-", suffix=suffix, dir=self.directory)
+        fd, name = tempfile.mkstemp(prefix=f"vqf-{os.getpid()}-", suffix=suffix, dir=self.directory)
         os.close(fd)
         path = Path(name)
         try:
@@ -117,6 +128,29 @@ class Cache:
                 self.give_back(held)
 
         return Located(path=path, size=size, temporary=True, release=release)
+
+
+def remove_orphans(directory: Path) -> list[Path]:
+    """Deletes downloads whose process is gone (a rank killed with -9 cannot clean up after
+    itself); files of live processes, other ranks sharing the folder, are left alone."""
+    removed = []
+    for path in directory.glob("vqf-*-*"):
+        pid = path.name.split("-")[1]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 def suffix_of(key: str) -> str:

@@ -79,6 +79,10 @@ def client_from_env(project: str):
         )
     from odps import ODPS
 
+    from vqf.storage.secret import add_secret
+
+    for name in ("ODPS_ACCESS_ID", "ODPS_ACCESS_KEY"):  # masked wherever vqf redacts text
+        add_secret(os.environ[name])
     return ODPS(
         os.environ["ODPS_ACCESS_ID"],
         os.environ["ODPS_ACCESS_KEY"],
