@@ -8,14 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from vqf.ops.profile import (
-    VideoLoad,
-    clip_flops,
-    compute_floors,
-    format_report,
-    nvdec_engines,
-    tokens_per_clip,
-)
+from vqf.ops.floors import VideoLoad, clip_flops, compute_floors, nvdec_engines, tokens_per_clip
+from vqf.ops.profile import format_report
 from vqf.ops.trace import bottleneck, chrome_trace, queue_waits, stage_rows
 
 H100 = "NVIDIA H100 80GB HBM3"
