@@ -145,3 +145,54 @@ def test_a_probe_that_hangs_becomes_a_timeout_row_and_the_run_finishes(
     assert got["stuck"]["error"]["type"] == "timeout" and got["stuck"]["error"]["stage"] == "probe"
     assert all(got[f"v{i}"]["succeed"] == "true" for i in range(3))
     assert finished["snap"]["counters"]["probe_timeouts"] == 1
+
+
+def test_a_decode_that_hangs_becomes_a_timeout_row_and_the_run_finishes(
+    tmp_path, video_factory, monkeypatch
+):
+    """The decoder itself stuck on one file (made here by a decode that blocks while that file
+    is in its batch): after decode.timeout_s the batch is retried video by video, the stuck one
+    gets a TIMEOUT row at the decode stage and the others, even those batched with it, succeed."""
+    import vqf.video.plane as plane_module
+    from vqf.config import load_recipe
+    from vqf.engine.rank import Rank
+
+    good = video_factory(codec="h264", seconds=1)
+    stuck = tmp_path / "stuck.mp4"
+    stuck.write_bytes(good.read_bytes())
+    release = threading.Event()
+    real_decode = plane_module.VideoPlane.decode
+
+    def decode(self, batch, **kwargs):
+        if any(Path(p.path).name == "stuck.mp4" for p in batch):
+            release.wait()  # never set before the run ends
+        return real_decode(self, batch, **kwargs)
+
+    monkeypatch.setattr(plane_module.VideoPlane, "decode", decode)
+    rows = [{"video_id": f"v{i}", "video_path": str(good)} for i in range(3)]
+    rows.insert(1, {"video_id": "stuck", "video_path": str(stuck)})
+    table = tmp_path / "in.jsonl"
+    table.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    recipe = load_recipe(
+        DEMO,
+        overrides=[
+            f"tables={table}", f"outputs={out}", "decode.timeout_s=1.0", "decode.batch_size=2",
+            *[s for s in SMALL if s != "--set" and not s.startswith("decode.batch_size")],
+            "filters.abnormal_region.enable=false", "filters.rov.enable=false",
+        ],
+    )  # fmt: skip
+    finished = {}
+    runner = threading.Thread(
+        target=lambda: finished.update(snap=Rank(recipe, rank=0, world_size=1, device="cpu").run()),
+        daemon=True,
+    )
+    runner.start()
+    runner.join(timeout=180)
+    release.set()
+    assert not runner.is_alive(), "the run hung on the stuck decode"
+    got = {r["video_id"]: r["result_info"] for r in read_rows(out)}
+    assert sorted(got) == ["stuck", "v0", "v1", "v2"]
+    assert got["stuck"]["error"]["type"] == "timeout" and got["stuck"]["error"]["stage"] == "decode"
+    assert all(got[f"v{i}"]["succeed"] == "true" for i in range(3))
+    assert finished["snap"]["counters"]["decode_timeouts"] >= 1

@@ -9,6 +9,7 @@ Every input row of the slice that the output does not hold yet ends as exactly o
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -294,7 +295,7 @@ class Rank:
                 batch = self._detect(batch)
             rois = [r.roi for r in batch]
             with self.stats.stage("decode", items=len(batch), label=",".join(r.item.video_id for r in batch)):
-                decoded = self.plane.decode([r.prepared for r in batch], rois=rois)
+                decoded = self._decode_bounded([r.prepared for r in batch], rois)
         except Exception as e:  # the plane isolates bad videos itself; this is the last guard
             decoded = [_as_video_error(e, Stage.DECODE)] * len(batch)
         finally:
@@ -321,12 +322,56 @@ class Rank:
             info.update(r.detect_info)
             self._succeed(r, info, route=getattr(d, "route", ""))
 
+    def _bounded(self, fn, *, seconds: float):
+        """`fn()` on its own thread, given up after `seconds`: a decoder stuck on a crafted file
+        or a dead mount costs a TIMEOUT, not the run. A thread that never returns is left behind
+        with the plane it was using; the rank goes on with a fresh plane."""
+        box: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                box["out"] = fn()
+            except BaseException as e:
+                box["err"] = e
+
+        worker = threading.Thread(target=work, name="vqf-decode", daemon=True)
+        worker.start()
+        worker.join(seconds)
+        if worker.is_alive():
+            from vqf.video import VideoPlane
+
+            self.stats.add("decode_timeouts")
+            log.error("decode did not finish within %.0f s; rebuilding the video plane", seconds)
+            self.plane = VideoPlane(recipe=self.recipe, device=self.device)
+            raise TimeoutError(f"decode did not finish within {seconds:.0f} s")
+        if "err" in box:
+            raise box["err"]
+        return box["out"]
+
+    def _decode_bounded(self, prepared: list, rois: list) -> list:
+        """The batch through the plane within decode.timeout_s a video; after a timeout each
+        video is tried alone, so only the one that hangs gets the TIMEOUT row."""
+        limit = self.recipe.decode.timeout_s
+        try:
+            plane = self.plane
+            return self._bounded(lambda: plane.decode(prepared, rois=rois), seconds=limit * len(prepared))
+        except TimeoutError as e:
+            if len(prepared) == 1:
+                return [VideoError(ErrorType.TIMEOUT, str(e), stage=Stage.DECODE)]
+        out: list = []
+        for one, roi in zip(prepared, rois):
+            out += self._decode_bounded([one], [roi])
+        return out
+
     def _detect(self, batch: list[_Ready]) -> list[_Ready]:
         kept = []
         for r in batch:
             try:
                 with self.stats.stage("detect", label=r.item.video_id):
-                    frames = self.plane.detect_frames(r.prepared)
+                    frames = self._bounded(
+                        functools.partial(self.plane.detect_frames, r.prepared),
+                        seconds=self.recipe.decode.timeout_s,
+                    )
                     crops = []
                     for det in self.detectors:
                         result = det.detect(
