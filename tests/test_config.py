@@ -27,8 +27,14 @@ def test_every_pipeline_loads(path):
 
 
 def test_seed_flags_override_the_recipe():
-    flags = {"tables": "in.jsonl", "outputs": "out", "vfx_enable": "false", "com_enable": "True",
-             "rov_enable": None, "low_quality_enable": "false"}
+    flags = {
+        "tables": "in.jsonl",
+        "outputs": "out",
+        "vfx_enable": "false",
+        "com_enable": "True",
+        "rov_enable": None,
+        "low_quality_enable": "false",
+    }
     recipe = load_recipe(PIPELINES[0].parent / "demo.yaml", overrides=seed_flag_overrides(flags))
     assert recipe.tables == "in.jsonl" and recipe.outputs == "out"
     assert recipe.filters["vfx"].enable is False
@@ -85,7 +91,10 @@ def test_resolved_config_masks_secrets(tmp_path):
     secret = "SECRET-planted-0xC0FFEE"
     recipe = load_recipe(
         PIPELINES[0].parent / "demo.yaml",
-        overrides=[f"storage.oss.access_key_secret={secret}", "storage.oss.access_key_id=AKID-planted"],
+        overrides=[
+            f"storage.oss.access_key_secret={secret}",
+            "storage.oss.access_key_id=AKID-planted",
+        ],
     )
     write_resolved(recipe, tmp_path / "resolved.yaml")
     text = (tmp_path / "resolved.yaml").read_text()
@@ -95,8 +104,15 @@ def test_resolved_config_masks_secrets(tmp_path):
 
 
 def test_input_row_parsing():
-    row = parse_input_row({"video_id": 7, "oss_bucket": "b", "video_path": "a/b.mp4",
-                           "video_tag": "t", "info": '{"use_alluxio": true}'})
+    row = parse_input_row(
+        {
+            "video_id": 7,
+            "oss_bucket": "b",
+            "video_path": "a/b.mp4",
+            "video_tag": "t",
+            "info": '{"use_alluxio": true}',
+        }
+    )
     assert row.video_id == "7" and row.use_alluxio and row.uri == "oss://b/a/b.mp4"
     for bad, words in [
         ({"video_path": "x.mp4"}, "video_id"),
@@ -111,8 +127,14 @@ def test_input_row_parsing():
 
 def test_output_records_have_the_seed_columns():
     row = parse_input_row({"video_id": "v", "oss_bucket": "b", "video_path": "k.mp4"})
-    ok = success_record(row, {"vfx_filter": {"label": "normal_video"}}, start_time="a",
-                        end_time="b", cost_s=1.5, device=DeviceInfo(name="cpu"))
+    ok = success_record(
+        row,
+        {"vfx_filter": {"label": "normal_video"}},
+        start_time="a",
+        end_time="b",
+        cost_s=1.5,
+        device=DeviceInfo(name="cpu"),
+    )
     err = VideoError(ErrorType.NOT_FOUND, "no tier has it", stage=Stage.FETCH)
     bad = failure_record({"video_id": "v"}, err, row=row)
     for record in (ok, bad):

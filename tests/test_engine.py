@@ -40,7 +40,9 @@ def vqf(*args: str, cwd: Path, timeout: float = 240, wait: bool = True):
     env = dict(os.environ, VQF_LOG="WARNING", PYTHONPATH=str(ROOT))
     cmd = [sys.executable, "-m", "vqf", *args]
     if not wait:
-        return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        return subprocess.Popen(
+            cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -63,7 +65,9 @@ def input_ids(table: Path) -> list[str]:
 
 def test_demo_recipe_end_to_end(sample_table, tmp_path):
     out = tmp_path / "results"
-    result = vqf("run", str(DEMO), "--tables", str(sample_table), "--outputs", str(out), cwd=tmp_path)
+    result = vqf(
+        "run", str(DEMO), "--tables", str(sample_table), "--outputs", str(out), cwd=tmp_path
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     rows = read_rows(out)
     assert Counter(r["video_id"] for r in rows) == Counter(input_ids(sample_table))
@@ -78,12 +82,24 @@ def test_demo_recipe_end_to_end(sample_table, tmp_path):
     assert by_id[""]["result_info"]["error"]["type"] == "row_malformed"  # the non-JSON line
 
     good = [r for r in rows if r["result_info"]["succeed"] == "true"]
-    assert {r["video_id"] for r in good} >= {"h264_moving", "vp9_moving", "mjpeg_moving", "hevc_moving"}
+    assert {r["video_id"] for r in good} >= {
+        "h264_moving",
+        "vp9_moving",
+        "mjpeg_moving",
+        "hevc_moving",
+    }
     for r in good:
         info, ri = r["info"], r["result_info"]
         assert ri["random_init"], "random models must be declared in the row"
-        for key in ("vfx_filter", "simcam_filter", "seg_simcam_filter", "inverse_seg_simcam_filter",
-                    "rotate_vertical_filter", "seg_low_quality_filter", "abnormal_region_info"):
+        for key in (
+            "vfx_filter",
+            "simcam_filter",
+            "seg_simcam_filter",
+            "inverse_seg_simcam_filter",
+            "rotate_vertical_filter",
+            "seg_low_quality_filter",
+            "abnormal_region_info",
+        ):
             assert key in info, (r["video_id"], key)
         for key in ("vfx_filter", "simcam_filter", "rotate_vertical_filter"):
             obj = info[key]
@@ -104,8 +120,18 @@ def test_demo_recipe_end_to_end(sample_table, tmp_path):
 
 def test_rerun_writes_nothing_twice_and_sigkill_resumes(sample_table, tmp_path):
     out = tmp_path / "results"
-    args = ["run", str(DEMO), "--tables", str(sample_table), "--outputs", str(out),
-            "--set", "engine.writer_flush_rows=1", "--set", "decode.batch_size=1"]
+    args = [
+        "run",
+        str(DEMO),
+        "--tables",
+        str(sample_table),
+        "--outputs",
+        str(out),
+        "--set",
+        "engine.writer_flush_rows=1",
+        "--set",
+        "decode.batch_size=1",
+    ]
     proc = vqf(*args, cwd=tmp_path, wait=False)
     shard = out / "part-00000.jsonl"
     deadline = time.time() + 180
@@ -128,8 +154,19 @@ def test_rerun_writes_nothing_twice_and_sigkill_resumes(sample_table, tmp_path):
 
 def test_two_cpu_ranks_split_the_table(sample_table, tmp_path):
     out = tmp_path / "results"
-    result = vqf("run", str(DEMO), "--tables", str(sample_table), "--outputs", str(out),
-                 "--gpus", "2", "--set", "engine.device=cpu", cwd=tmp_path)
+    result = vqf(
+        "run",
+        str(DEMO),
+        "--tables",
+        str(sample_table),
+        "--outputs",
+        str(out),
+        "--gpus",
+        "2",
+        "--set",
+        "engine.device=cpu",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     shards = sorted(p.name for p in out.glob("part-*.jsonl"))
     assert shards == ["part-00000.jsonl", "part-00001.jsonl"]
@@ -138,8 +175,15 @@ def test_two_cpu_ranks_split_the_table(sample_table, tmp_path):
 
 
 def test_run_that_cannot_start_exits_nonzero_with_a_message(tmp_path):
-    bad = vqf("run", str(DEMO), "--tables", str(tmp_path / "none.jsonl"), "--outputs",
-              str(tmp_path / "o"), cwd=tmp_path)
+    bad = vqf(
+        "run",
+        str(DEMO),
+        "--tables",
+        str(tmp_path / "none.jsonl"),
+        "--outputs",
+        str(tmp_path / "o"),
+        cwd=tmp_path,
+    )
     assert bad.returncode == 3 and "none.jsonl" in bad.stderr
     typo = vqf("run", str(DEMO), "--set", "engine.clipbatch=2", cwd=tmp_path)
     assert typo.returncode == 2 and "clipbatch" in typo.stderr

@@ -62,17 +62,27 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a recipe over a table of videos")
     _recipe_args(run)
-    run.add_argument("--gpus", type=int, default=0, help="ranks to spawn on this machine (default: 1)")
-    run.add_argument("--dashboard", choices=["auto", "rich", "plain"], default="auto",
-                     help="progress display: auto = the live dashboard on a terminal, else a status line")
+    run.add_argument(
+        "--gpus", type=int, default=0, help="ranks to spawn on this machine (default: 1)"
+    )
+    run.add_argument(
+        "--dashboard",
+        choices=["auto", "rich", "plain"],
+        default="auto",
+        help="progress display: auto = the live dashboard on a terminal, else a status line",
+    )
     run.set_defaults(func=cmd_run)
 
     from vqf.ops.profile import add_arguments as profile_arguments
 
-    prof = sub.add_parser("profile", help="run a sample; time per stage, the bottleneck, the floors")
+    prof = sub.add_parser(
+        "profile", help="run a sample; time per stage, the bottleneck, the floors"
+    )
     _recipe_args(prof)
     profile_arguments(prof)
-    prof.set_defaults(func=lambda a: __import__("vqf.ops.profile", fromlist=["cmd_profile"]).cmd_profile(a))
+    prof.set_defaults(
+        func=lambda a: __import__("vqf.ops.profile", fromlist=["cmd_profile"]).cmd_profile(a)
+    )
 
     probe = sub.add_parser("probe", help="print a video's metadata and sampling plan")
     probe.add_argument("target", help="a local file, oss://bucket/key or http(s) URL")
@@ -110,7 +120,11 @@ def _recipe_args(p: argparse.ArgumentParser) -> None:
     for flag in SEED_FLAGS:
         p.add_argument(f"--{flag}", default=None, metavar="VALUE")
     p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override any recipe key, e.g. --set engine.clip_batch=4 (repeatable)",
     )
 
@@ -123,7 +137,9 @@ def load_from_args(args: argparse.Namespace) -> Recipe:
     for name in recipe.filters:
         FILTERS.get(name)  # an unknown filter name is a ConfigError listing the known ones
     if not recipe.tables or not recipe.outputs:
-        raise ConfigError("the recipe names no input or output table", hint="pass --tables URI --outputs URI")
+        raise ConfigError(
+            "the recipe names no input or output table", hint="pass --tables URI --outputs URI"
+        )
     return recipe
 
 
@@ -171,8 +187,11 @@ def cmd_probe(args: argparse.Namespace) -> int:
         from vqf.storage import Fetcher
 
         bucket, _, key = target.partition("://")[2].partition("/")
-        row = InputRow(video_id="probe", oss_bucket=bucket if target.startswith("oss://") else "",
-                       video_path=key if target.startswith("oss://") else target)
+        row = InputRow(
+            video_id="probe",
+            oss_bucket=bucket if target.startswith("oss://") else "",
+            video_path=key if target.startswith("oss://") else target,
+        )
         with Fetcher(recipe.storage).fetch(row) as fetched:
             print(describe(fetched.path, recipe=recipe))
         return 0

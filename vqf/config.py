@@ -90,7 +90,9 @@ class DecodeConfig:
     max_pixels: int = 7680 * 4320
     max_frames_decoded: int = 20000
     chunk_frames: int = 64  # pyav route: frames per trip through the graph (bounds host memory)
-    prescale: float = 2.0  # pyav route: shrink to this multiple of the clip size in swscale; 0 = off
+    prescale: float = (
+        2.0  # pyav route: shrink to this multiple of the clip size in swscale; 0 = off
+    )
 
 
 @dataclass(frozen=True)
@@ -167,7 +169,9 @@ def load_recipe(path: str | Path, *, overrides: list[str] | tuple[str, ...] = ()
     """Reads a recipe file and applies `key.path=value` overrides in order."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"recipe {str(path)!r} does not exist", hint="pass a file from pipelines/")
+        raise ConfigError(
+            f"recipe {str(path)!r} does not exist", hint="pass a file from pipelines/"
+        )
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
@@ -178,7 +182,9 @@ def load_recipe(path: str | Path, *, overrides: list[str] | tuple[str, ...] = ()
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ConfigError(f"override {item!r} is not key=value", hint="e.g. engine.clip_batch=4")
+            raise ConfigError(
+                f"override {item!r} is not key=value", hint="e.g. engine.clip_batch=4"
+            )
         data = apply_override(data, key.strip(), yaml.safe_load(value) if value != "" else "")
     recipe = build(Recipe, data, "recipe")
     _check_references(recipe)
@@ -269,7 +275,9 @@ def build(cls: Any, data: Any, where: str) -> Any:
             return data
         if isinstance(data, str) and data.lower() in ("true", "false"):
             return data.lower() == "true"
-        raise ConfigError(f"{where} = {data!r} is not a boolean", hint="allowed values: true, false")
+        raise ConfigError(
+            f"{where} = {data!r} is not a boolean", hint="allowed values: true, false"
+        )
     if cls is int:
         if isinstance(data, bool) or not isinstance(data, int):
             raise ConfigError(f"{where} = {data!r} is not an integer")
@@ -307,9 +315,7 @@ def resolved_dict(recipe: Recipe) -> dict[str, Any]:
 
 def _mask(value: Any) -> Any:
     if isinstance(value, dict):
-        return {
-            k: ("***" if k in SECRET_KEYS and v else _mask(v)) for k, v in value.items()
-        }
+        return {k: ("***" if k in SECRET_KEYS and v else _mask(v)) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_mask(v) for v in value]
     return value

@@ -71,9 +71,7 @@ class StorageError(VqfError):
 class VideoError(VqfError):
     """One video failed; becomes that video's failure row, the run goes on."""
 
-    def __init__(
-        self, type: ErrorType, message: str, *, stage: Stage, hint: str | None = None
-    ):
+    def __init__(self, type: ErrorType, message: str, *, stage: Stage, hint: str | None = None):
         super().__init__(message, hint=hint)
         self.type = ErrorType(type)
         self.stage = Stage(stage)

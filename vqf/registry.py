@@ -20,7 +20,9 @@ class Registry(Generic[T]):
     def register(self, name: str) -> Callable[[T], T]:
         def add(obj: T) -> T:
             if name in self._items and self._items[name] is not obj:
-                warnings.warn(f"{self.kind} {name!r} registered twice; the later one wins", stacklevel=2)
+                warnings.warn(
+                    f"{self.kind} {name!r} registered twice; the later one wins", stacklevel=2
+                )
             self._items[name] = obj
             return obj
 

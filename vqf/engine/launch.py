@@ -37,7 +37,9 @@ def pick_device(recipe: Recipe, local_rank: int) -> str:
     if not torch.cuda.is_available():
         from vqf.errors import ConfigError
 
-        raise ConfigError("engine.device = 'cuda' but CUDA is not available", hint="use engine.device=cpu")
+        raise ConfigError(
+            "engine.device = 'cuda' but CUDA is not available", hint="use engine.device=cpu"
+        )
     return f"cuda:{local_rank % torch.cuda.device_count()}"
 
 
@@ -67,14 +69,18 @@ def run_job(recipe: Recipe, *, ranks: int = 1, status=None) -> list[dict[str, An
     procs = []
     for rank in range(ranks):
         spec = RankSpec(rank=rank, world_size=ranks, local_rank=rank, device="")
-        p = ctx.Process(target=_spawned, args=(spec, recipe, results, status if rank == 0 else None))
+        p = ctx.Process(
+            target=_spawned, args=(spec, recipe, results, status if rank == 0 else None)
+        )
         p.start()
         procs.append(p)
     for p in procs:
         p.join()
     failed = [i for i, p in enumerate(procs) if p.exitcode != 0]
     if failed:
-        raise RuntimeError(f"ranks {failed} exited with an error; rerun to resume where they stopped")
+        raise RuntimeError(
+            f"ranks {failed} exited with an error; rerun to resume where they stopped"
+        )
     return [results[r] for r in range(ranks)]
 
 

@@ -52,7 +52,9 @@ class ModelStage:
                         by_length[len(clip.take)].append(_Job(v, clip))
             for jobs in by_length.values():
                 for start in range(0, len(jobs), self.clip_batch):
-                    chunk = [j for j in jobs[start : start + self.clip_batch] if j.video not in failed]
+                    chunk = [
+                        j for j in jobs[start : start + self.clip_batch] if j.video not in failed
+                    ]
                     self._run_chunk(model_name, filters, videos, chunk, results, failed)
         out: list[dict | VideoError] = []
         for v in range(len(videos)):
@@ -65,7 +67,9 @@ class ModelStage:
                     for f in self.filters:
                         info.update(f.to_info(results[v][f.name]))
             except Exception as e:  # a head's output that cannot be aggregated
-                out.append(VideoError(ErrorType.MODEL_FAILED, f"aggregate: {e}", stage=Stage.AGGREGATE))
+                out.append(
+                    VideoError(ErrorType.MODEL_FAILED, f"aggregate: {e}", stage=Stage.AGGREGATE)
+                )
                 continue
             out.append(info)
         return out
@@ -99,7 +103,9 @@ class ModelStage:
             if len(by_video) == 1:
                 log.warning("model %s failed on one video: %s", model_name, e)
                 failed[by_video[0]] = VideoError(
-                    ErrorType.MODEL_FAILED, f"{model_name}: {type(e).__name__}: {e}", stage=Stage.MODEL
+                    ErrorType.MODEL_FAILED,
+                    f"{model_name}: {type(e).__name__}: {e}",
+                    stage=Stage.MODEL,
                 )
                 return
             for v in by_video:  # isolate the video that breaks the batch

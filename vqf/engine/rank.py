@@ -121,9 +121,13 @@ class Rank:
         start, count = shard_range(total, rank=self.rank, world_size=self.world_size)
         sink = opened(
             "sink",
-            lambda sid: open_sink(uri_out, rank=self.rank, world_size=self.world_size, session_id=sid),
+            lambda sid: open_sink(
+                uri_out, rank=self.rank, world_size=self.world_size, session_id=sid
+            ),
         )
-        work = select_work(source.read(start=start, count=count), start=start, done=sink.done_counts())
+        work = select_work(
+            source.read(start=start, count=count), start=start, done=sink.done_counts()
+        )
         self.stats.total = count
         self.stats.add("rows_skipped_done", count - len(work))
         return sink, work
@@ -146,18 +150,25 @@ class Rank:
         self.bank = ModelBank.load(recipe=self.recipe, device=self.device, resolve=resolve)
         filters = list(build_filters(recipe=self.recipe, bank=self.bank).values())
         self.detectors = [f for f in filters if "detect" in f.reads]
-        self.frame_filters = [f for f in filters if getattr(f, "model_name", "") == "" and f not in self.detectors]
+        self.frame_filters = [
+            f for f in filters if getattr(f, "model_name", "") == "" and f not in self.detectors
+        ]
         learned = [f for f in filters if f not in self.detectors and f not in self.frame_filters]
         self.models = ModelStage(
-            filters=learned, bank=self.bank, clip_batch=self.recipe.engine.clip_batch, stats=self.stats
+            filters=learned,
+            bank=self.bank,
+            clip_batch=self.recipe.engine.clip_batch,
+            stats=self.stats,
         )
         rules_of(self.recipe)  # a malformed threshold fails here, before any video
         self.extra = {"recipe": self.recipe.name}
         random = set(self.bank.random_models) | set(getattr(self.bank, "random_heads", ()))
         if random:
             self.extra["random_init"] = sorted(random)
-            log.warning("models initialised at random (scores are meaningless): %s",
-                        ", ".join(sorted(random)))
+            log.warning(
+                "models initialised at random (scores are meaningless): %s",
+                ", ".join(sorted(random)),
+            )
 
     def _fetch_checkpoints(self, *, local_leader: bool, group):
         """Remote checkpoints: local rank 0 of each node downloads them once, the others wait."""
@@ -170,7 +181,9 @@ class Rank:
         def local(uri: str) -> Path:
             return root / hashlib.sha256(uri.encode()).hexdigest()[:16]
 
-        remote = [m.path for m in self.recipe.models.values() if "://" in m.path and m.init != "random"]
+        remote = [
+            m.path for m in self.recipe.models.values() if "://" in m.path and m.init != "random"
+        ]
         if local_leader:
             for uri in remote:
                 if not (local(uri) / ".complete").exists():
@@ -285,8 +298,12 @@ class Rank:
                 task.finished = True
                 if task.abandoned:
                     return None
-            self._fail(item, _as_video_error(e, Stage.PROBE if fetched else Stage.FETCH),
-                       started=started, start_time=start_time)
+            self._fail(
+                item,
+                _as_video_error(e, Stage.PROBE if fetched else Stage.FETCH),
+                started=started,
+                start_time=start_time,
+            )
             return None
 
     def _run_batch(self, batch: list[_Ready]) -> None:
@@ -294,7 +311,9 @@ class Rank:
             if self.detectors:
                 batch = self._detect(batch)
             rois = [r.roi for r in batch]
-            with self.stats.stage("decode", items=len(batch), label=",".join(r.item.video_id for r in batch)):
+            with self.stats.stage(
+                "decode", items=len(batch), label=",".join(r.item.video_id for r in batch)
+            ):
                 decoded = self._decode_bounded([r.prepared for r in batch], rois)
         except Exception as e:  # the plane isolates bad videos itself; this is the last guard
             decoded = [_as_video_error(e, Stage.DECODE)] * len(batch)
@@ -304,10 +323,17 @@ class Rank:
         good = [(r, d) for r, d in zip(batch, decoded) if not isinstance(d, BaseException)]
         for r, d in zip(batch, decoded):
             if isinstance(d, BaseException):
-                self._fail(r.item, _as_video_error(d, Stage.DECODE), started=r.started, start_time=r.start_time)
+                self._fail(
+                    r.item,
+                    _as_video_error(d, Stage.DECODE),
+                    started=r.started,
+                    start_time=r.start_time,
+                )
         if not good:
             return
-        with self.stats.stage("model", items=len(good), label=",".join(r.item.video_id for r, _ in good)):
+        with self.stats.stage(
+            "model", items=len(good), label=",".join(r.item.video_id for r, _ in good)
+        ):
             infos = self.models.run([d for _, d in good])
         for (r, d), info in zip(good, infos):
             if isinstance(info, VideoError):
@@ -317,7 +343,12 @@ class Rank:
                 for f in self.frame_filters:
                     info.update(f.frame_info(d, sampling=self.recipe.sampling))
             except Exception as e:
-                self._fail(r.item, _as_video_error(e, Stage.MODEL), started=r.started, start_time=r.start_time)
+                self._fail(
+                    r.item,
+                    _as_video_error(e, Stage.MODEL),
+                    started=r.started,
+                    start_time=r.start_time,
+                )
                 continue
             info.update(r.detect_info)
             self._succeed(r, info, route=getattr(d, "route", ""))
@@ -354,7 +385,9 @@ class Rank:
         limit = self.recipe.decode.timeout_s
         try:
             plane = self.plane
-            return self._bounded(lambda: plane.decode(prepared, rois=rois), seconds=limit * len(prepared))
+            return self._bounded(
+                lambda: plane.decode(prepared, rois=rois), seconds=limit * len(prepared)
+            )
         except TimeoutError as e:
             if len(prepared) == 1:
                 return [VideoError(ErrorType.TIMEOUT, str(e), stage=Stage.DECODE)]
@@ -375,8 +408,10 @@ class Rank:
                     crops = []
                     for det in self.detectors:
                         result = det.detect(
-                            frames.frames, letterbox=frames.letterbox,
-                            width=r.prepared.info.width, height=r.prepared.info.height,
+                            frames.frames,
+                            letterbox=frames.letterbox,
+                            width=r.prepared.info.width,
+                            height=r.prepared.info.height,
                         )
                         r.detect_info.update(result.info)
                         if result.crop is not None:
@@ -385,7 +420,12 @@ class Rank:
                 kept.append(r)
             except Exception as e:
                 r.fetched.release()
-                self._fail(r.item, _as_video_error(e, Stage.DETECT), started=r.started, start_time=r.start_time)
+                self._fail(
+                    r.item,
+                    _as_video_error(e, Stage.DETECT),
+                    started=r.started,
+                    start_time=r.start_time,
+                )
         return kept
 
     # -- records -----------------------------------------------------------------------------
@@ -393,24 +433,39 @@ class Rank:
         # scores are always written; the recipe's thresholds add keep/reasons beside them
         extra = dict(self.extra, decode_route=route, **decide(info, recipe=self.recipe))
         record = success_record(
-            r.item.row, info, start_time=r.start_time, end_time=now(),
-            cost_s=time.time() - r.started, device=self.device_info, extra=extra,
+            r.item.row,
+            info,
+            start_time=r.start_time,
+            end_time=now(),
+            cost_s=time.time() - r.started,
+            device=self.device_info,
+            extra=extra,
         )
         if route and route != "nvdec" and self.device.startswith("cuda"):
             self.stats.add("fallback_cpu_decode")
         self.stats.add("video_seconds", float(r.prepared.info.duration_s))
         self.writer.put(record)
 
-    def _fail(self, item: WorkItem, error: VideoError, *, started: float | None = None,
-              start_time: str | None = None) -> None:
+    def _fail(
+        self,
+        item: WorkItem,
+        error: VideoError,
+        *,
+        started: float | None = None,
+        start_time: str | None = None,
+    ) -> None:
         from vqf.storage.secret import redact
 
         # any stage's message may quote a library's error text: no configured secret leaves
         error = VideoError(error.type, redact(error.message), stage=error.stage, hint=error.hint)
         self.stats.failure(item.video_id, error.type.value, error.message)
         record = failure_record(
-            item.raw, error, row=item.row, start_time=start_time,
-            cost_s=(time.time() - started) if started else 0.0, device=self.device_info,
+            item.raw,
+            error,
+            row=item.row,
+            start_time=start_time,
+            cost_s=(time.time() - started) if started else 0.0,
+            device=self.device_info,
             extra=getattr(self, "extra", {"recipe": self.recipe.name}),
         )
         self.writer.put(record)

@@ -51,7 +51,9 @@ def select_work(records: Iterable[dict], *, start: int, done: Counter[str]) -> l
         item = WorkItem(index=index, raw=raw, row=None)
         if isinstance(raw, dict) and "_malformed" in raw:
             item.error = VideoError(
-                ErrorType.ROW_MALFORMED, f"table row {index}: {raw['_malformed']}", stage=Stage.TABLE
+                ErrorType.ROW_MALFORMED,
+                f"table row {index}: {raw['_malformed']}",
+                stage=Stage.TABLE,
             )
         else:
             try:

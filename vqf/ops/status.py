@@ -53,11 +53,13 @@ class StatusLine:
                 f"vqf: done: {s['total']} rows in, {s['written']} written now, "
                 f"{s['skipped']} already done, {s['failed']} failed ({fails}), "
                 f"{s['elapsed_s']:.1f}s, {s['videos_per_s']:.2f} videos/s, {s['ranks']} rank(s)",
-                file=self.stream, flush=True,
+                file=self.stream,
+                flush=True,
             )
         else:
             print(
                 f"vqf: {done}/{s['total']} rows, {s['videos_per_s']:.2f} videos/s, eta {eta}, "
                 f"failures: {fails}",
-                file=self.stream, flush=True,
+                file=self.stream,
+                flush=True,
             )
