@@ -96,6 +96,38 @@ def _outcome(row: dict) -> str:
     return OK if ri["succeed"] == "true" else ri["error"]["type"]
 
 
+def run_with_one_stuck_video(tmp_path, good: Path, overrides: list[str]) -> tuple[dict, dict]:
+    """Runs a Rank in-process over three good videos and `stuck.mp4` (whatever the caller made
+    block on it); returns each row's result_info by video_id, and the rank's final snapshot."""
+    from vqf.config import load_recipe
+    from vqf.engine.rank import Rank
+
+    stuck = tmp_path / "stuck.mp4"
+    stuck.write_bytes(good.read_bytes())
+    rows = [{"video_id": f"v{i}", "video_path": str(good)} for i in range(3)]
+    rows.insert(1, {"video_id": "stuck", "video_path": str(stuck)})
+    table = tmp_path / "in.jsonl"
+    table.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    recipe = load_recipe(
+        DEMO,
+        overrides=[
+            f"tables={table}", f"outputs={out}",
+            *[s for s in SMALL if s != "--set"],
+            "filters.abnormal_region.enable=false", "filters.rov.enable=false", *overrides,
+        ],
+    )  # fmt: skip
+    finished = {}
+    runner = threading.Thread(
+        target=lambda: finished.update(snap=Rank(recipe, rank=0, world_size=1, device="cpu").run()),
+        daemon=True,
+    )
+    runner.start()
+    runner.join(timeout=180)
+    assert not runner.is_alive(), "the run hung on the stuck video"
+    return {r["video_id"]: r["result_info"] for r in read_rows(out)}, finished["snap"]
+
+
 def test_a_probe_that_hangs_becomes_a_timeout_row_and_the_run_finishes(
     tmp_path, video_factory, monkeypatch
 ):
@@ -103,12 +135,7 @@ def test_a_probe_that_hangs_becomes_a_timeout_row_and_the_run_finishes(
     made here by a probe that blocks on one file until the test ends. The rank must write a
     TIMEOUT row for it after decode.timeout_s and judge the other videos."""
     import vqf.video.plane as plane_module
-    from vqf.config import load_recipe
-    from vqf.engine.rank import Rank
 
-    good = video_factory(codec="h264", seconds=1)
-    stuck = tmp_path / "stuck.mp4"
-    stuck.write_bytes(good.read_bytes())
     release = threading.Event()
     real_probe = plane_module.probe
 
@@ -118,33 +145,17 @@ def test_a_probe_that_hangs_becomes_a_timeout_row_and_the_run_finishes(
         return real_probe(path, **kwargs)
 
     monkeypatch.setattr(plane_module, "probe", probe)
-    rows = [{"video_id": f"v{i}", "video_path": str(good)} for i in range(3)]
-    rows.insert(1, {"video_id": "stuck", "video_path": str(stuck)})
-    table = tmp_path / "in.jsonl"
-    table.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    out = tmp_path / "out"
-    recipe = load_recipe(
-        DEMO,
-        overrides=[
-            f"tables={table}", f"outputs={out}", "decode.timeout_s=1.5", "decode.workers=1",
-            *[s for s in SMALL if s != "--set"],
-            "filters.abnormal_region.enable=false", "filters.rov.enable=false",
-        ],
-    )  # fmt: skip
-    finished = {}
-    runner = threading.Thread(
-        target=lambda: finished.update(snap=Rank(recipe, rank=0, world_size=1, device="cpu").run()),
-        daemon=True,
-    )
-    runner.start()
-    runner.join(timeout=180)
-    release.set()
-    assert not runner.is_alive(), "the run hung on the stuck probe"
-    got = {r["video_id"]: r["result_info"] for r in read_rows(out)}
+    try:
+        got, snap = run_with_one_stuck_video(
+            tmp_path, video_factory(codec="h264", seconds=1),
+            ["decode.timeout_s=4", "decode.workers=1"],
+        )  # fmt: skip
+    finally:
+        release.set()
     assert sorted(got) == ["stuck", "v0", "v1", "v2"]
     assert got["stuck"]["error"]["type"] == "timeout" and got["stuck"]["error"]["stage"] == "probe"
     assert all(got[f"v{i}"]["succeed"] == "true" for i in range(3))
-    assert finished["snap"]["counters"]["probe_timeouts"] == 1
+    assert snap["counters"]["probe_timeouts"] == 1
 
 
 def test_a_decode_that_hangs_becomes_a_timeout_row_and_the_run_finishes(
@@ -154,12 +165,7 @@ def test_a_decode_that_hangs_becomes_a_timeout_row_and_the_run_finishes(
     is in its batch): after decode.timeout_s the batch is retried video by video, the stuck one
     gets a TIMEOUT row at the decode stage and the others, even those batched with it, succeed."""
     import vqf.video.plane as plane_module
-    from vqf.config import load_recipe
-    from vqf.engine.rank import Rank
 
-    good = video_factory(codec="h264", seconds=1)
-    stuck = tmp_path / "stuck.mp4"
-    stuck.write_bytes(good.read_bytes())
     release = threading.Event()
     real_decode = plane_module.VideoPlane.decode
 
@@ -169,30 +175,14 @@ def test_a_decode_that_hangs_becomes_a_timeout_row_and_the_run_finishes(
         return real_decode(self, batch, **kwargs)
 
     monkeypatch.setattr(plane_module.VideoPlane, "decode", decode)
-    rows = [{"video_id": f"v{i}", "video_path": str(good)} for i in range(3)]
-    rows.insert(1, {"video_id": "stuck", "video_path": str(stuck)})
-    table = tmp_path / "in.jsonl"
-    table.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    out = tmp_path / "out"
-    recipe = load_recipe(
-        DEMO,
-        overrides=[
-            f"tables={table}", f"outputs={out}", "decode.timeout_s=1.0", "decode.batch_size=2",
-            *[s for s in SMALL if s != "--set" and not s.startswith("decode.batch_size")],
-            "filters.abnormal_region.enable=false", "filters.rov.enable=false",
-        ],
-    )  # fmt: skip
-    finished = {}
-    runner = threading.Thread(
-        target=lambda: finished.update(snap=Rank(recipe, rank=0, world_size=1, device="cpu").run()),
-        daemon=True,
-    )
-    runner.start()
-    runner.join(timeout=180)
-    release.set()
-    assert not runner.is_alive(), "the run hung on the stuck decode"
-    got = {r["video_id"]: r["result_info"] for r in read_rows(out)}
+    try:
+        got, snap = run_with_one_stuck_video(
+            tmp_path, video_factory(codec="h264", seconds=1),
+            ["decode.timeout_s=4", "decode.batch_size=2"],
+        )  # fmt: skip
+    finally:
+        release.set()
     assert sorted(got) == ["stuck", "v0", "v1", "v2"]
     assert got["stuck"]["error"]["type"] == "timeout" and got["stuck"]["error"]["stage"] == "decode"
     assert all(got[f"v{i}"]["succeed"] == "true" for i in range(3))
-    assert finished["snap"]["counters"]["decode_timeouts"] >= 1
+    assert snap["counters"]["decode_timeouts"] >= 1

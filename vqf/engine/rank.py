@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import functools
 import logging
-import threading
 import time
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +21,9 @@ from vqf.config import Recipe
 from vqf.decide import decide, rules_of
 from vqf.engine.stats import RankStats
 from vqf.engine.work import WorkItem, select_work
+from vqf.engine.workers import Task as _Task
+from vqf.engine.workers import Workers as _Workers
+from vqf.engine.workers import call_with_deadline
 from vqf.engine.writer import Writer
 from vqf.errors import ErrorType, Stage, VideoError
 from vqf.schema import DeviceInfo, failure_record, now, success_record
@@ -39,52 +40,6 @@ class _Ready:
     start_time: str
     roi: Any = None
     detect_info: dict = field(default_factory=dict)
-
-
-class _Task:
-    """One row being fetched and probed on a worker thread."""
-
-    def __init__(self, item: WorkItem):
-        self.item = item
-        self.started, self.start_time = time.time(), now()
-        self.lock = threading.Lock()
-        self.probe_started: float | None = None  # monotonic, set when the probe begins
-        self.finished = False
-        self.abandoned = False
-
-
-class _Workers:
-    """Daemon threads for fetch+probe, at most `n` at work. A thread stuck in C code cannot be
-    stopped, so a hung one is abandoned (its slot given back) and never blocks the exit."""
-
-    def __init__(self, n: int):
-        self._slots = threading.Semaphore(n)
-
-    def submit(self, fn, task: _Task) -> Future:
-        fut: Future = Future()
-
-        def run() -> None:
-            with self._slots_held(task):
-                try:
-                    fut.set_result(fn(task))
-                except BaseException as e:
-                    fut.set_exception(e)
-
-        threading.Thread(target=run, name="vqf-prep", daemon=True).start()
-        return fut
-
-    @contextmanager
-    def _slots_held(self, task: _Task):
-        self._slots.acquire()
-        try:
-            yield
-        finally:
-            with task.lock:
-                if not task.abandoned:
-                    self._slots.release()
-
-    def give_back(self) -> None:
-        self._slots.release()
 
 
 class Rank:
@@ -354,30 +309,17 @@ class Rank:
             self._succeed(r, info, route=getattr(d, "route", ""))
 
     def _bounded(self, fn, *, seconds: float):
-        """`fn()` on its own thread, given up after `seconds`: a decoder stuck on a crafted file
-        or a dead mount costs a TIMEOUT, not the run. A thread that never returns is left behind
-        with the plane it was using; the rank goes on with a fresh plane."""
-        box: dict[str, Any] = {}
-
-        def work() -> None:
-            try:
-                box["out"] = fn()
-            except BaseException as e:
-                box["err"] = e
-
-        worker = threading.Thread(target=work, name="vqf-decode", daemon=True)
-        worker.start()
-        worker.join(seconds)
-        if worker.is_alive():
+        """`fn()` within `seconds`; on a hang the stuck thread keeps the old plane and the rank
+        goes on with a fresh one."""
+        try:
+            return call_with_deadline(fn, seconds=seconds, name="vqf-decode")
+        except TimeoutError:
             from vqf.video import VideoPlane
 
             self.stats.add("decode_timeouts")
             log.error("decode did not finish within %.0f s; rebuilding the video plane", seconds)
             self.plane = VideoPlane(recipe=self.recipe, device=self.device)
-            raise TimeoutError(f"decode did not finish within {seconds:.0f} s")
-        if "err" in box:
-            raise box["err"]
-        return box["out"]
+            raise TimeoutError(f"decode did not finish within {seconds:.0f} s") from None
 
     def _decode_bounded(self, prepared: list, rois: list) -> list:
         """The batch through the plane within decode.timeout_s a video; after a timeout each
