@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vqf.errors import ConfigError
+from vqf.models.files import read_tagged
 
 if TYPE_CHECKING:
     import numpy as np
@@ -120,21 +121,11 @@ def _detector_file(path: str | Path) -> Path:
 
 def read_detector(path: str | Path, *, config_dir=None):
     """(unfused network with the file's weights, class names) from a detector file or folder."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
 
     path = _detector_file(path)
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        state = load_file(str(path))
-    except Exception as e:  # safetensors raises several types for a damaged file
-        raise ConfigError(f"detector file {str(path)!r} is not a safetensors file: {e}") from None
-    if meta.get("format") != DETECTOR_FORMAT:
-        raise ConfigError(
-            f"detector file {str(path)!r} has format {meta.get('format')!r}",
-            hint=f"expected {DETECTOR_FORMAT!r}, as written by vqf.models.detector.save_detector",
-        )
+    state, meta = read_tagged(
+        path, what="detector", fmt=DETECTOR_FORMAT, writer="vqf.models.detector.save_detector"
+    )
     try:
         names = tuple(json.loads(meta["names"]))
         network = _build_network(meta.get("cfg", DEFAULT_CFG), len(names), config_dir=config_dir)

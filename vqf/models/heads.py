@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vqf.errors import ConfigError
+from vqf.models.files import read_tagged
 
 HEAD_FORMAT = "vqf-head/1"
 HEAD_KINDS = ("linear", "attentive")
@@ -161,23 +162,13 @@ def save_head(head: Head, path: str | Path) -> Path:
 
 def load_head(path: str | Path) -> Head:
     """Reads a head file written by `save_head` (float32, on the CPU)."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
 
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"head file {str(path)!r} does not exist", hint="set filters.<name>.head")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        state = load_file(str(path))
-    except Exception as e:  # safetensors raises several types for a damaged file
-        raise ConfigError(f"head file {str(path)!r} is not a safetensors file: {e}") from None
-    if meta.get("format") != HEAD_FORMAT:
-        raise ConfigError(
-            f"head file {str(path)!r} has format {meta.get('format')!r}",
-            hint=f"expected {HEAD_FORMAT!r}, as written by vqf.models.heads.save_head",
-        )
+    state, meta = read_tagged(
+        path, what="head", fmt=HEAD_FORMAT, writer="vqf.models.heads.save_head"
+    )
     try:
         labels = tuple(json.loads(meta["labels"]))
         dim = int(meta["dim"])
