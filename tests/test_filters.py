@@ -13,7 +13,7 @@ from vqf.errors import ConfigError
 from vqf.filters import FILTERS, ClipResult, DetectionFilter, build_filters, describe_filters
 from vqf.filters.safe_crop import safe_crop
 from vqf.models.bank import ModelBank
-from vqf.models.letterbox import Letterbox
+from vqf.video.geometry import Letterbox
 
 SIZE, FRAMES, DETECT = 32, 8, 64
 WINDOWS = [(0.0, 4.0), (3.0, 7.0), (6.0, 8.5)]
@@ -56,7 +56,7 @@ def test_every_filter_runs_on_tiny_input(name, bank):
     if isinstance(f, DetectionFilter):
         frames = torch.rand(2, 3, DETECT, DETECT, generator=torch.Generator().manual_seed(0))
         letterbox = Letterbox.fit(width=96, height=54, size=DETECT)
-        result = f.detect(frames, letterbox=letterbox, width=96, height=54)
+        result = f.detect(frames, letterbox=letterbox)
         assert set(result.info) == set(f.keys.values())
         if hasattr(f, "detector"):
             for box in result.info[f.keys["detect"]]:
@@ -167,18 +167,18 @@ class FixedDetector:
 
 
 def test_abnormal_regions_map_to_frame_pixels_and_a_safe_crop():
-    # A 128x64 frame in a 64x64 input: scale 0.5, 16 rows of padding above and below.
+    # A 128x64 frame in a 64x64 input: scale 0.5, 32 rows of padding below.
     boxes = [
-        [0, 16, 8, 48, 0.9, 0],  # black border on the left, full height
-        [10, 40, 60, 46, 0.8, 2],  # subtitle near the bottom
-        [30, 20, 34, 24, 0.1, 3],  # below the confidence threshold
-        [20, 0, 40, 16, 0.7, 1],  # entirely in the padding: covers no picture
+        [0, 0, 8, 32, 0.9, 0],  # black border on the left, full height
+        [10, 24, 60, 30, 0.8, 2],  # subtitle near the bottom
+        [30, 4, 34, 8, 0.1, 3],  # below the confidence threshold
+        [20, 40, 40, 60, 0.7, 1],  # entirely in the padding: covers no picture
     ]
     bank = ModelBank(device=torch.device("cpu"), detectors={"detector": FixedDetector(boxes)})
     cls = FILTERS.get("abnormal_region")
     f = cls(spec=FilterConfig(), bank=bank)
     letterbox = Letterbox.fit(width=128, height=64, size=64)
-    result = f.detect(torch.zeros(1, 3, 64, 64), letterbox=letterbox, width=128, height=64)
+    result = f.detect(torch.zeros(1, 3, 64, 64), letterbox=letterbox)
     found = result.info["abnormal_region_info"]
     assert [(b["class"], b["box"]) for b in found] == [
         ("black_border", [0.0, 0.0, 16.0, 64.0]),
@@ -188,7 +188,7 @@ def test_abnormal_regions_map_to_frame_pixels_and_a_safe_crop():
     assert result.crop == (0.125, 0.0, 1.0, 0.75)
     # Only the classes the recipe names count as abnormal.
     only = cls(spec=FilterConfig(options={"classes": ["subtitle"]}), bank=bank)
-    result = only.detect(torch.zeros(1, 3, 64, 64), letterbox=letterbox, width=128, height=64)
+    result = only.detect(torch.zeros(1, 3, 64, 64), letterbox=letterbox)
     assert result.info["abnormal_region_crop"] == [0, 0, 128, 48]
 
 

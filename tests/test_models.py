@@ -18,7 +18,7 @@ from vqf.models.bank import ModelBank
 from vqf.models.checkpoints import init_random
 from vqf.models.detector import Detector, random_network, read_detector, save_detector
 from vqf.models.heads import AttentiveHead, LinearHead, load_head, save_head
-from vqf.models.letterbox import Letterbox
+from vqf.video.geometry import Letterbox
 
 SIZE = 32  # clip side: 2x2 patches of 16
 FRAMES = 8  # 4 tubelets of 2 frames
@@ -325,11 +325,14 @@ def test_detector_builds_and_runs_offline(tmp_path):
 
 def test_letterbox_maps_boxes_back_to_frame_pixels():
     box = Letterbox.fit(width=1920, height=1080, size=960)
-    assert box.scale == 0.5 and box.pad_x == 0 and box.pad_y == 210
-    assert box.resized == (960, 540)
-    assert box.to_frame((100, 260, 200, 310), width=1920, height=1080) == (200, 100, 400, 200)
-    # A box reaching into the padding is clipped to the frame.
-    assert box.to_frame((-5, 0, 960, 960), width=1920, height=1080) == (0, 0, 1920, 1080)
+    assert box.scale_x == box.scale_y == 0.5 and box.resized == (960, 540)
+    assert box.to_frame((100, 50, 200, 100)) == (200, 100, 400, 200)
+    # A box reaching into the padding (right and bottom) is clipped to the frame.
+    assert box.to_frame((-5, 0, 960, 960)) == (0, 0, 1920, 1080)
+    assert box.relative((480, 270, 1920, 1080)) == (0.25, 0.25, 1.0, 1.0)
+    # Portrait: the padding is on the right.
+    tall = Letterbox.fit(width=1080, height=1920, size=960)
+    assert tall.resized == (540, 960) and tall.to_frame((0, 0, 600, 960)) == (0, 0, 1080, 1920)
 
 
 def test_bank_dtype_per_device(device):

@@ -57,8 +57,6 @@ def judged(tmp_path_factory, recipe):
         result = found.detect(
             det.frames,
             letterbox=det.letterbox,
-            width=prepared.info.width,
-            height=prepared.info.height,
         )
         roi = Roi(*result.crop) if result.crop else None
         cropped, whole = plane.decode([prepared, prepared], rois=[roi, None])
@@ -78,9 +76,14 @@ def measure(judged, recipe, defect: str, device: str) -> dict:
 
 
 def top_row_luma(decoded, recipe) -> float:
-    from vqf.filters.frames import frame_set
+    import torch
 
-    return float(frame_set(decoded, sampling=recipe.sampling).luma[:, 0, :].mean())
+    from vqf.filters.frames import luma
+
+    mean = torch.tensor(recipe.sampling.mean).view(1, 3, 1, 1)
+    std = torch.tensor(recipe.sampling.std).view(1, 3, 1, 1)
+    rgb = (decoded.frames.float().cpu() * std + mean).clamp(0, 1)
+    return float(luma(rgb)[:, 0, :].mean())
 
 
 def test_borders_measure_the_letterbox_bars_and_crop_them_away(judged, recipe):
@@ -117,7 +120,7 @@ def test_borders_call_a_flat_frame_blank(tmp_path, recipe):
     prepared = plane.prepare(path, uri=str(path))
     det = plane.detect_frames(prepared)
     result = borders.BordersFilter(spec=FilterConfig()).detect(
-        det.frames, letterbox=det.letterbox, width=160, height=120
+        det.frames, letterbox=det.letterbox
     )
     assert result.info["borders"]["blank"] is True and result.crop is None
 

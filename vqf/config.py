@@ -80,16 +80,26 @@ class SamplingConfig:
 
 @dataclass(frozen=True)
 class DecodeConfig:
-    """How videos are decoded. `route: auto` picks per video from the probe."""
+    """How videos are decoded. `route: auto` picks per video from the probe.
+
+    The rank streams: `workers` threads fetch and probe, the detect stage takes `batch_size`
+    videos per detector call, `pipelines` decode lanes (one DALI pipeline each, one video at
+    a time) push chunks of at most `chunk_frames` frames, and decoded frames in flight stay
+    under `memory_budget_gb` of host and `device_memory_budget_gb` of GPU memory.
+    """
 
     route: Literal["auto", "nvdec", "dali-cpu", "pyav"] = "auto"
-    batch_size: int = 2
-    workers: int = 2
-    prefetch: int = 4
-    timeout_s: float = 120.0
+    batch_size: int = 4  # videos whose detection frames share one detector call
+    workers: int = 2  # fetch + probe threads
+    prefetch: int = 4  # probed videos waiting for detection / decode
+    pipelines: int = 0  # decode lanes; 0 = auto: 2 on a CPU, 8 on a GPU (NVDEC sessions)
+    threads: int = 2  # DALI worker threads per pipeline
+    timeout_s: float = 120.0  # a stage making no progress this long on a video: TIMEOUT
     max_pixels: int = 7680 * 4320
-    max_frames_decoded: int = 20000
-    chunk_frames: int = 64  # pyav route: frames per trip through the graph (bounds host memory)
+    max_frames_decoded: int = 0  # refuse plans needing more decoded frames; 0 = no limit
+    chunk_frames: int = 64  # frames per trip through the graph
+    memory_budget_gb: float = 2.0  # host bytes of decoded frames in flight
+    device_memory_budget_gb: float = 8.0  # GPU bytes of decoded frames in flight
     prescale: float = (
         2.0  # pyav route: shrink to this multiple of the clip size in swscale; 0 = off
     )
@@ -302,6 +312,17 @@ def _check_references(recipe: Recipe) -> None:
             )
     if recipe.decode.batch_size < 1 or recipe.engine.clip_batch < 1:
         raise ConfigError("decode.batch_size and engine.clip_batch must be at least 1")
+    d = recipe.decode
+    if d.pipelines < 0 or d.threads < 1 or d.chunk_frames < 1 or d.workers < 1:
+        raise ConfigError(
+            f"decode.pipelines = {d.pipelines}, threads = {d.threads}, workers = {d.workers}, "
+            f"chunk_frames = {d.chunk_frames}: pipelines must be >= 0 (0 = auto), the others >= 1"
+        )
+    if d.memory_budget_gb <= 0 or d.device_memory_budget_gb <= 0:
+        raise ConfigError(
+            f"decode.memory_budget_gb = {d.memory_budget_gb}, device_memory_budget_gb = "
+            f"{d.device_memory_budget_gb}: both must be positive"
+        )
     if recipe.sampling.whole_frames < 1 or recipe.sampling.window_frames < 1:
         raise ConfigError("sampling.whole_frames and sampling.window_frames must be at least 1")
     if recipe.sampling.stride_s <= 0 or recipe.sampling.window_s <= 0:

@@ -349,12 +349,7 @@ class Rank:
                     )
                     crops = []
                     for det in self.detectors:
-                        result = det.detect(
-                            frames.frames,
-                            letterbox=frames.letterbox,
-                            width=r.prepared.info.width,
-                            height=r.prepared.info.height,
-                        )
+                        result = det.detect(frames.frames, letterbox=frames.letterbox)
                         r.detect_info.update(result.info)
                         if result.crop is not None:
                             crops.append(result.crop)

@@ -1,6 +1,6 @@
 """Abnormal regions: YOLO boxes (black borders, watermarks, subtitles, logos) and the safe crop.
 
-Row keys: `abnormal_region_info` lists every kept box in original-frame pixels as
+Row keys: `abnormal_region_info` lists every kept box in displayed-frame pixels (rotation applied) as
 `{"frame", "box": [x0, y0, x1, y1], "class", "conf"}` (highest confidence first), and
 `abnormal_region_crop` is the safe crop `[x0, y0, x1, y1]` in pixels or None for the whole
 frame (the rule is in vqf/filters/safe_crop.py).
@@ -18,7 +18,7 @@ from vqf.filters.safe_crop import safe_crop
 if TYPE_CHECKING:
     import torch
 
-    from vqf.models.letterbox import Letterbox
+    from vqf.video.geometry import Letterbox
 
 
 @dataclass(frozen=True)
@@ -58,25 +58,40 @@ class AbnormalRegionFilter(DetectionFilter):
                 hint=f"detector classes: {', '.join(self.detector.names)}",
             )
 
-    def detect(
-        self, frames: torch.Tensor, *, letterbox: Letterbox, width: int, height: int
-    ) -> DetectResult:
+    def detect(self, frames: torch.Tensor, *, letterbox: Letterbox) -> DetectResult:
+        return self.detect_many([(frames, letterbox)])[0]
+
+    def detect_many(self, videos: list[tuple[torch.Tensor, Letterbox]]) -> list[DetectResult]:
+        """All videos' detection frames through the detector in one call."""
+        import torch
+
         opts = self.options
+        frames = torch.cat([f for f, _ in videos]) if len(videos) > 1 else videos[0][0]
         per_frame = self.detector.detect(
             frames, conf=opts.conf, iou=opts.iou, max_det=opts.max_boxes
         )
+        results, first = [], 0
+        for video_frames, letterbox in videos:
+            count = int(video_frames.shape[0])
+            results.append(self._result(per_frame[first : first + count], letterbox))
+            first += count
+        return results
+
+    def _result(self, per_frame, letterbox: Letterbox) -> DetectResult:
+        opts = self.options
         boxes = []
         for frame, found in enumerate(per_frame):
             for x0, y0, x1, y1, conf, cls in found.tolist():
                 name = self.detector.names[int(cls)]
                 if opts.classes and name not in opts.classes:
                     continue
-                box = letterbox.to_frame((x0, y0, x1, y1), width=width, height=height)
+                box = letterbox.to_frame((x0, y0, x1, y1))
                 if box[2] - box[0] < 1 or box[3] - box[1] < 1:
                     continue  # all padding: nothing of the picture is covered
                 boxes.append(_box_info(frame, box, name, conf))
         boxes.sort(key=lambda b: -b["conf"])
         boxes = boxes[: opts.max_boxes]
+        width, height = letterbox.width, letterbox.height
         crop = safe_crop(
             [b["box"] for b in boxes], width=width, height=height, min_area=opts.min_crop_area
         )
@@ -84,10 +99,7 @@ class AbnormalRegionFilter(DetectionFilter):
             self.keys["detect"]: boxes,
             self.keys["crop"]: list(crop) if crop else None,
         }
-        relative = None
-        if crop:
-            relative = (crop[0] / width, crop[1] / height, crop[2] / width, crop[3] / height)
-        return DetectResult(info=info, crop=relative)
+        return DetectResult(info=info, crop=letterbox.relative(crop) if crop else None)
 
 
 def _box_info(frame: int, box, name: str, conf: float) -> dict[str, Any]:

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     import torch
 
     from vqf.models.bank import ModelBank
-    from vqf.models.letterbox import Letterbox
+    from vqf.video.geometry import Letterbox
 
 CLIP_KINDS = ("whole", "segment", "inverse")
 
@@ -114,11 +114,13 @@ class DetectionFilter(Filter):
         """Detection filters put their keys in `DetectResult.info`; clips add nothing."""
         return {}
 
-    def detect(
-        self, frames: torch.Tensor, *, letterbox: Letterbox, width: int, height: int
-    ) -> DetectResult:
-        """(D, 3, S, S) letterboxed frames of a `width` x `height` video -> row keys and crop."""
+    def detect(self, frames: torch.Tensor, *, letterbox: Letterbox) -> DetectResult:
+        """(D, 3, S, S) letterboxed frames of one video -> row keys and crop (displayed frame)."""
         raise NotImplementedError
+
+    def detect_many(self, videos: list[tuple[torch.Tensor, Letterbox]]) -> list[DetectResult]:
+        """`detect` for several videos; a filter with a model overrides it to make one call."""
+        return [self.detect(frames, letterbox=letterbox) for frames, letterbox in videos]
 
 
 FILTERS: Registry[type[Filter]] = Registry("filter")

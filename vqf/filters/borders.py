@@ -52,15 +52,15 @@ class BordersFilter(DetectionFilter):
                 hint="remove filters.borders.model",
             )
 
-    def detect(self, frames: torch.Tensor, *, letterbox, width: int, height: int) -> DetectResult:
-        """Bars of a `width` x `height` video from its letterboxed detection frames (0..1)."""
+    def detect(self, frames: torch.Tensor, *, letterbox) -> DetectResult:
+        """Bars of one video from its letterboxed detection frames (0..1)."""
         import torch
 
         opts = self.options
-        disp_w, disp_h = _display_size(letterbox, width=width, height=height)
-        x0, y0, pic_w, pic_h = picture_box(letterbox, width=disp_w, height=disp_h)
+        disp_w, disp_h = letterbox.width, letterbox.height
+        pic_w, pic_h = letterbox.resized
         with torch.inference_mode():
-            picture = frames[:, :, y0 : y0 + pic_h, x0 : x0 + pic_w].float()
+            picture = frames[:, :, :pic_h, :pic_w].float()
             rows = uniform_lines(picture, dim=3, tolerance=opts.tolerance)  # (pic_h,) per row
             cols = uniform_lines(picture, dim=2, tolerance=opts.tolerance)  # (pic_w,) per column
             flags = torch.cat([rows, cols]).cpu().tolist()
@@ -121,25 +121,6 @@ def uniform_lines(picture, *, dim: int, tolerance: float):
     level = mean.squeeze(dim)
     drift = (level.amax(dim=0) - level.amin(dim=0)).amax(dim=0)
     return (spread <= tolerance) & (drift <= tolerance)
-
-
-def picture_box(letterbox, *, width: int, height: int) -> tuple[int, int, int, int]:
-    """(x0, y0, w, h) of the picture inside the detection square, padding excluded.
-
-    Works with both letterbox layouts: padded right and bottom (`scale_x`/`scale_y`), or
-    centred (`scale`, `pad_x`/`pad_y`).
-    """
-    scale_x = getattr(letterbox, "scale_x", None) or letterbox.scale
-    scale_y = getattr(letterbox, "scale_y", None) or letterbox.scale
-    x0, y0 = round(letterbox.pad_x), round(letterbox.pad_y)
-    w = max(1, min(round(width * scale_x), letterbox.size - x0))
-    h = max(1, min(round(height * scale_y), letterbox.size - y0))
-    return x0, y0, w, h
-
-
-def _display_size(letterbox, *, width: int, height: int) -> tuple[int, int]:
-    # the video plane's letterbox knows the displayed (rotated) size; the engine passes stored
-    return (getattr(letterbox, "width", 0) or width), (getattr(letterbox, "height", 0) or height)
 
 
 def _run(flags: list[bool]) -> int:

@@ -8,11 +8,16 @@ is a cut, placed halfway between the two frames' times (the true cut lies betwee
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from vqf.errors import ConfigError
 from vqf.filters.base import register
-from vqf.filters.frames import FrameFilter, FrameSet, check_range, rounded
+from vqf.filters.frames import FrameFilter, FrameLayout, Pixels, check_range, rounded
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -34,18 +39,25 @@ class CutsFilter(FrameFilter):
     keys = {"frames": "cuts"}
     Options = CutsOptions
 
-    def measure(self, frames: FrameSet) -> dict[str, Any]:
-        if frames.rgb.shape[0] < 2:
-            return {"count": 0, "times": [], "max_distance": 0.0}
-        hist = histograms(frames.rgb, bins=self.options.bins)
+    def features(self, pixels: Pixels) -> dict[str, torch.Tensor]:
+        import torch
+
+        hist = histograms(pixels.with_prev("rgb"), bins=self.options.bins)
         distance = 0.5 * (hist[1:] - hist[:-1]).abs().sum(dim=2).mean(dim=1)
-        # two small host copies: the distances' maximum and the (few) cut positions
-        at = (distance > self.options.threshold).nonzero().flatten().cpu().numpy()
-        times = [(frames.times[i] + frames.times[i + 1]) / 2 for i in at]
+        if pixels.prev_rgb is None:  # a video's first frame follows nothing
+            distance = torch.cat([distance.new_full((1,), float("nan")), distance])
+        return {"distance": distance}
+
+    def summarise(self, features: dict[str, np.ndarray], layout: FrameLayout) -> dict[str, Any]:
+        distance = features["distance"][1:]  # distance[i]: frames i and i + 1
+        if len(distance) == 0:
+            return {"count": 0, "times": [], "max_distance": 0.0}
+        at = np.flatnonzero(distance > self.options.threshold)
+        times = [(layout.times[i] + layout.times[i + 1]) / 2 for i in at]
         return {
             "count": len(times),
             "times": [round(float(t), 3) for t in times],
-            "max_distance": rounded(distance.max().item(), 4),
+            "max_distance": rounded(float(distance.max()), 4),
         }
 
 

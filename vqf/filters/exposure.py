@@ -7,11 +7,16 @@ blown out over `bright_level`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from vqf.errors import ConfigError
 from vqf.filters.base import register
-from vqf.filters.frames import FrameFilter, FrameSet, check_range, pick, rounded, to_host
+from vqf.filters.frames import FrameFilter, FrameLayout, Pixels, check_range, rounded
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -35,13 +40,14 @@ class ExposureFilter(FrameFilter):
     keys = {"frames": "exposure"}
     Options = ExposureOptions
 
-    def measure(self, frames: FrameSet) -> dict[str, Any]:
-        luma = pick(frames.luma, frames.whole)
-        host = to_host(
-            {
-                "mean_luma": luma.mean(),
-                "dark_share": (luma < self.options.dark_level).float().mean(),
-                "bright_share": (luma > self.options.bright_level).float().mean(),
-            }
-        )
-        return {key: rounded(value, 4) for key, value in host.items()}
+    def features(self, pixels: Pixels) -> dict[str, torch.Tensor]:
+        y = pixels.luma
+        return {
+            "mean_luma": y.mean(dim=(1, 2)),
+            "dark_share": (y < self.options.dark_level).float().mean(dim=(1, 2)),
+            "bright_share": (y > self.options.bright_level).float().mean(dim=(1, 2)),
+        }
+
+    def summarise(self, features: dict[str, np.ndarray], layout: FrameLayout) -> dict[str, Any]:
+        # every frame has the same size, so the mean of per-frame shares is the pixels' share
+        return {key: rounded(float(v[layout.whole].mean()), 4) for key, v in features.items()}

@@ -1,8 +1,11 @@
-"""Frame filters: weight-free measures on the frames the video plane already decoded.
+"""Frame filters: weight-free measures on the frames the decode stage streams past them.
 
-A frame filter has no model (`model_name == ""`) and no head; the engine calls
-`frame_info(decoded, sampling=recipe.sampling)` once per video. The measures run where the
-frames are (torch ops on the rank's device) and only the final scalars go to the host.
+A frame filter has no model (`model_name == ""`) and no head. It measures in two steps, so a
+video of any length is judged in bounded memory: `features` turns each decoded chunk into a
+few numbers per frame (torch ops on the frames' device, seeing the chunk and the frame before
+it), and `summarise` turns every frame's numbers, moved to the host once per video, into the
+filter's object in the row. `FrameMeasures` drives both for one video; `frame_info` runs them
+on a whole `Decoded` at once (tools and tests).
 """
 
 from __future__ import annotations
@@ -24,23 +27,37 @@ LUMA = (0.299, 0.587, 0.114)
 
 
 @dataclass(frozen=True, eq=False)
-class FrameSet:
-    """One video's decoded frames in display order, un-normalised, with their times.
-
-    `rgb` is (U, 3, H, W) float32 in 0..1 and `luma` (U, H, W), both on the frames' device;
-    `times` (U,) are presentation times in seconds; `whole` indexes the whole-video clip's
-    frames and `segments` lists (index, start_s, end_s, frame indices) per window, all sorted.
-    """
+class Pixels:
+    """A chunk of decoded frames, un-normalised: `rgb` (n, 3, H, W) float32 in 0..1 and `luma`
+    (n, H, W); `prev_*` hold the frame just before the chunk (None for a video's first chunk)."""
 
     rgb: torch.Tensor
     luma: torch.Tensor
+    prev_rgb: torch.Tensor | None = None
+    prev_luma: torch.Tensor | None = None
+
+    def with_prev(self, which: str) -> torch.Tensor:
+        """`rgb` or `luma` with the previous frame prepended (when there is one)."""
+        import torch
+
+        values, prev = getattr(self, which), getattr(self, f"prev_{which}")
+        return values if prev is None else torch.cat([prev, values])
+
+
+@dataclass(frozen=True, eq=False)
+class FrameLayout:
+    """Where a video's decoded frames sit: `times` (U,) presentation seconds in decode order,
+    `whole` the positions of the whole-video clip, `segments` (index, start_s, end_s,
+    positions) per window, all sorted."""
+
     times: np.ndarray
     whole: np.ndarray
     segments: tuple[tuple[int, float, float, np.ndarray], ...]
 
 
 class FrameFilter(Filter):
-    """A weight-free filter on decoded frames. Subclasses set `name`, `keys` and `measure`."""
+    """A weight-free filter on decoded frames. Subclasses set `name` and `keys`, and define
+    `features` (per chunk) and `summarise` (per video)."""
 
     reads: ClassVar[tuple[str, ...]] = ("frames",)
     labels: ClassVar[tuple[str, ...]] = ()
@@ -62,28 +79,69 @@ class FrameFilter(Filter):
         return {}
 
     def frame_info(self, decoded, *, sampling: SamplingConfig | None = None) -> dict[str, Any]:
-        """This filter's row keys for one decoded video (`vqf.video.plane.Decoded`)."""
-        import torch
+        """This filter's row keys for one whole decoded video (`vqf.video.plane.Decoded`)."""
+        measures = FrameMeasures([self], plan=decoded.plan, info=decoded.info, sampling=sampling)
+        measures.add(decoded.frames)
+        return measures.finish()
 
-        with torch.inference_mode():
-            frames = frame_set(decoded, sampling=sampling or SamplingConfig())
-            return {self.keys["frames"]: self.measure(frames)}
+    def features(self, pixels: Pixels) -> dict[str, torch.Tensor]:
+        """Per-frame numbers of one chunk: each value has one entry per frame of the chunk."""
+        raise NotImplementedError
 
-    def measure(self, frames: FrameSet) -> dict[str, Any]:
-        """The filter's object in the row's info."""
+    def summarise(self, features: dict[str, np.ndarray], layout: FrameLayout) -> dict[str, Any]:
+        """The filter's object in the row's info, from every frame's features."""
         raise NotImplementedError
 
 
-def frame_set(decoded, *, sampling: SamplingConfig) -> FrameSet:
-    """Undoes the graph's mean/std normalisation and gathers the plan's clip layout."""
-    import torch
+class FrameMeasures:
+    """The frame filters of one video, fed chunk by chunk in decode order."""
 
-    frames = decoded.frames
-    mean = torch.tensor(sampling.mean, device=frames.device).view(1, 3, 1, 1)
-    std = torch.tensor(sampling.std, device=frames.device).view(1, 3, 1, 1)
-    rgb = (frames.float() * std + mean).clamp_(0.0, 1.0)
-    plan = decoded.plan
-    timestamps = np.asarray(decoded.info.timestamps, dtype=np.float64)
+    def __init__(self, filters: list[FrameFilter], *, plan, info, sampling: SamplingConfig | None):
+        self.filters = filters
+        self.layout = layout_of(plan, info)
+        sampling = sampling or SamplingConfig()
+        self._mean, self._std = sampling.mean, sampling.std
+        self._parts: list[dict[str, dict[str, torch.Tensor]]] = []
+        self._prev: tuple | None = None
+
+    def add(self, frames: torch.Tensor) -> None:
+        """One chunk of model-ready frames (n, 3, H, W), normalised as the graph emits them."""
+        import torch
+
+        if not self.filters:
+            return
+        with torch.inference_mode():
+            mean = torch.tensor(self._mean, device=frames.device).view(1, 3, 1, 1)
+            std = torch.tensor(self._std, device=frames.device).view(1, 3, 1, 1)
+            rgb = (frames.float() * std + mean).clamp_(0.0, 1.0)
+            y = luma(rgb)
+            prev_rgb, prev_luma = self._prev or (None, None)
+            pixels = Pixels(rgb=rgb, luma=y, prev_rgb=prev_rgb, prev_luma=prev_luma)
+            self._parts.append({f.name: f.features(pixels) for f in self.filters})
+            self._prev = (rgb[-1:].clone(), y[-1:].clone())
+
+    def finish(self) -> dict[str, Any]:
+        """Every filter's row keys; the features reach the host in one copy."""
+        import torch
+
+        if not self.filters:
+            return {}
+        names = [(f.name, k) for f in self.filters for k in self._parts[0][f.name]]
+        with torch.inference_mode():
+            stacked = torch.stack(
+                [torch.cat([p[f][k].float().reshape(-1) for p in self._parts]) for f, k in names]
+            )
+            host = stacked.cpu().numpy().astype(np.float64)
+        info: dict[str, Any] = {}
+        for f in self.filters:
+            features = {k: host[i] for i, (name, k) in enumerate(names) if name == f.name}
+            info[f.keys["frames"]] = f.summarise(features, self.layout)
+        return info
+
+
+def layout_of(plan, info) -> FrameLayout:
+    """The plan's clip layout over its decoded frames."""
+    timestamps = np.asarray(info.timestamps, dtype=np.float64)
     times = timestamps[np.clip(plan.frames, 0, len(timestamps) - 1)]
     whole = np.unique(np.concatenate([c.take for c in plan.clips if c.kind == "whole"] or [[]]))
     segments = tuple(
@@ -92,10 +150,8 @@ def frame_set(decoded, *, sampling: SamplingConfig) -> FrameSet:
         if c.kind == "segment"
     )
     if len(whole) == 0:  # a plan without a whole clip: every decoded frame stands in for it
-        whole = np.arange(rgb.shape[0])
-    return FrameSet(
-        rgb=rgb, luma=luma(rgb), times=times, whole=whole.astype(np.int64), segments=segments
-    )
+        whole = np.arange(len(plan.frames))
+    return FrameLayout(times=times, whole=whole.astype(np.int64), segments=segments)
 
 
 def luma(rgb: torch.Tensor) -> torch.Tensor:
@@ -104,32 +160,15 @@ def luma(rgb: torch.Tensor) -> torch.Tensor:
     return rgb[:, 0] * r + rgb[:, 1] * g + rgb[:, 2] * b
 
 
-def pick(values: torch.Tensor, indices: np.ndarray) -> torch.Tensor:
-    """`values[indices]` with host indices moved to the values' device."""
-    import torch
-
-    return values.index_select(0, torch.as_tensor(indices, device=values.device))
-
-
-def to_host(values: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Several 0-d tensors to Python floats with one device-to-host copy."""
-    import torch
-
-    if not values:
-        return {}
-    stacked = torch.stack([v.float().reshape(()) for v in values.values()]).cpu().tolist()
-    return dict(zip(values, stacked, strict=True))
-
-
 def rounded(value: float, digits: int = 6) -> float:
     return round(float(value), digits)
 
 
-def segment_map(frames: FrameSet, scores: list[float], key: str) -> dict[str, Any]:
+def segment_map(layout: FrameLayout, scores: list[float], key: str) -> dict[str, Any]:
     """The seed's segment layout: "0", "1", ... -> {"duration": [s, e], key: score}."""
     return {
         str(index): {"duration": [round(start, 3), round(end, 3)], key: rounded(score)}
-        for (index, start, end, _), score in zip(frames.segments, scores, strict=True)
+        for (index, start, end, _), score in zip(layout.segments, scores, strict=True)
     }
 
 

@@ -8,10 +8,15 @@ clips, in time order); `frozen_ratio` is the share of pairs that barely change; 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from vqf.filters.base import register
-from vqf.filters.frames import FrameFilter, FrameSet, check_range, rounded, segment_map, to_host
+from vqf.filters.frames import FrameFilter, FrameLayout, Pixels, check_range, rounded, segment_map
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -30,29 +35,29 @@ class MotionFilter(FrameFilter):
     keys = {"frames": "motion"}
     Options = MotionOptions
 
-    def measure(self, frames: FrameSet) -> dict[str, Any]:
+    def features(self, pixels: Pixels) -> dict[str, torch.Tensor]:
         import torch
 
-        luma = frames.luma
-        if luma.shape[0] < 2:  # one frame: nothing moves, and nothing can be said to freeze
-            diffs = torch.zeros(1, device=luma.device)
-        else:
-            diffs = (luma[1:] - luma[:-1]).abs().mean(dim=(1, 2))
-        values = {
-            "score": diffs.mean(),
-            "frozen_ratio": (diffs < self.options.frozen_max).float().mean(),
-        }
-        for index, _, _, take in frames.segments:
+        # each frame's change from the one before; a video's first frame has none (NaN)
+        y = pixels.with_prev("luma")
+        diffs = (y[1:] - y[:-1]).abs().mean(dim=(1, 2))
+        if pixels.prev_luma is None:
+            diffs = torch.cat([diffs.new_full((1,), float("nan")), diffs])
+        return {"diff": diffs}
+
+    def summarise(self, features: dict[str, np.ndarray], layout: FrameLayout) -> dict[str, Any]:
+        diffs = features["diff"][1:]  # diffs[i]: frames i and i + 1
+        if len(diffs) == 0:  # one frame: nothing moves, and nothing can be said to freeze
+            diffs = np.zeros(1)
+        segments = []
+        for _, _, _, take in layout.segments:
             # pairs of consecutive decoded frames inside the window's span
             lo, hi = int(take.min()), int(take.max())
-            values[f"seg{index}"] = diffs[lo:hi].mean() if hi > lo else diffs.new_zeros(())
-        host = to_host(values)
-        score = host["score"]
+            segments.append(float(diffs[lo:hi].mean()) if hi > lo else 0.0)
+        score = float(diffs.mean())
         return {
             "score": rounded(score),
-            "frozen_ratio": rounded(host["frozen_ratio"], 4),
+            "frozen_ratio": rounded(float((diffs < self.options.frozen_max).mean()), 4),
             "static": score < self.options.static_max,
-            "segments": segment_map(
-                frames, [host[f"seg{i}"] for i, *_ in frames.segments], "score"
-            ),
+            "segments": segment_map(layout, segments, "score"),
         }

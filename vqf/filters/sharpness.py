@@ -9,18 +9,15 @@ depend on the clip size (sampling.height/width): compare videos judged by the sa
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from vqf.filters.base import register
-from vqf.filters.frames import (
-    FrameFilter,
-    FrameSet,
-    check_range,
-    pick,
-    rounded,
-    segment_map,
-    to_host,
-)
+from vqf.filters.frames import FrameFilter, FrameLayout, Pixels, check_range, rounded, segment_map
+
+if TYPE_CHECKING:
+    import torch
 
 # luma std (0..255) below which a frame counts as flat: its ratio would only measure noise
 FLAT_STD = 2.0
@@ -40,22 +37,20 @@ class SharpnessFilter(FrameFilter):
     keys = {"frames": "sharpness"}
     Options = SharpnessOptions
 
-    def measure(self, frames: FrameSet) -> dict[str, Any]:
-        lap_var, luma_var = laplacian_stats(frames.luma)
-        ratio = lap_var.sqrt() / luma_var.sqrt().clamp(min=FLAT_STD)
-        values = {
-            "score": pick(ratio, frames.whole).mean(),
-            "laplacian_var": pick(lap_var, frames.whole).mean(),
-        }
-        for index, _, _, take in frames.segments:
-            values[f"seg{index}"] = pick(ratio, take).mean()
-        host = to_host(values)
+    def features(self, pixels: Pixels) -> dict[str, torch.Tensor]:
+        lap_var, luma_var = laplacian_stats(pixels.luma)
+        return {"lap_var": lap_var, "luma_var": luma_var}
+
+    def summarise(self, features: dict[str, np.ndarray], layout: FrameLayout) -> dict[str, Any]:
+        lap_var = features["lap_var"]
+        ratio = np.sqrt(lap_var) / np.maximum(np.sqrt(features["luma_var"]), FLAT_STD)
+        score = float(ratio[layout.whole].mean())
         return {
-            "score": rounded(host["score"], 4),
-            "laplacian_var": rounded(host["laplacian_var"], 2),
-            "blurry": host["score"] < self.options.blur_max,
+            "score": rounded(score, 4),
+            "laplacian_var": rounded(float(lap_var[layout.whole].mean()), 2),
+            "blurry": score < self.options.blur_max,
             "segments": segment_map(
-                frames, [host[f"seg{i}"] for i, *_ in frames.segments], "score"
+                layout, [float(ratio[take].mean()) for *_, take in layout.segments], "score"
             ),
         }
 

@@ -3,5 +3,5 @@
 Modules: `backbone` (presets, loading, `Backbone.encode`), `heads` (`LinearHead`,
 `AttentiveHead`, `save_head`, `load_head`), `detector` (offline ultralytics, `Detector`),
 `letterbox` (detector input geometry, no torch), `bank` (`ModelBank`), `checkpoints`
-(file layout and `init_random`). Nothing is imported here, so `vqf.models.letterbox` stays light.
+(file layout and `init_random`). Nothing is imported here, so `import vqf.models` stays light.
 """

@@ -145,6 +145,7 @@ class Detector:
     device: Any
     dtype: Any
     calls: int = 0
+    host_copies: int = 0
     frames_detected: int = 0
     stride: int = field(init=False)
 
@@ -182,15 +183,24 @@ class Detector:
             kept = non_max_suppression(
                 prediction, conf_thres=conf, iou_thres=iou, nc=len(self.names), max_det=max_det
             )
+            # every frame's boxes in one tensor, tagged with the frame: one copy to the host
+            tagged = torch.cat(
+                [
+                    torch.cat([k.new_full((len(k), 1), i), k[:, :6]], dim=1)
+                    for i, k in enumerate(kept)
+                ]
+            )
+            host = _inside(tagged.float(), size=frames.shape[-1]).cpu().numpy()
         self.calls += 1
+        self.host_copies += 1
         self.frames_detected += int(frames.shape[0])
-        return [_inside(k[:, :6].float(), size=frames.shape[-1]).cpu().numpy() for k in kept]
+        return [host[host[:, 0] == i, 1:] for i in range(len(kept))]
 
 
 def _inside(boxes: torch.Tensor, *, size: int) -> torch.Tensor:
-    """Boxes clipped to the input square; those left with no area are dropped."""
+    """(K, 7) frame-tagged boxes clipped to the input square; those left with no area dropped."""
     import torch
 
-    boxes = torch.cat([boxes[:, :4].clamp(0, size), boxes[:, 4:]], dim=1)
-    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    boxes = torch.cat([boxes[:, :1], boxes[:, 1:5].clamp(0, size), boxes[:, 5:]], dim=1)
+    keep = (boxes[:, 3] > boxes[:, 1]) & (boxes[:, 4] > boxes[:, 2])
     return boxes[keep]

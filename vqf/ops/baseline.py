@@ -81,19 +81,18 @@ def cpu_clip(frames: np.ndarray, *, height: int, width: int, mean, std):
 
 
 def cpu_letterbox(frames: np.ndarray, *, size: int):
-    """(D, H0, W0, 3) uint8 -> (D, 3, size, size) float 0..1, scaled to fit and padded grey."""
+    """(D, H0, W0, 3) uint8 -> (D, 3, size, size) float 0..1: the pipeline's letterbox, on the CPU."""
     import torch
     import torch.nn.functional as F
 
-    from vqf.models.letterbox import Letterbox
+    from vqf.video.geometry import LETTERBOX_FILL, Letterbox
 
     box = Letterbox.fit(width=frames.shape[2], height=frames.shape[1], size=size)
     new_w, new_h = box.resized
     x = torch.from_numpy(frames).permute(0, 3, 1, 2).float().div_(255)
     x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", align_corners=False)
-    out = torch.full((len(frames), 3, size, size), 114 / 255)
-    top, left = int(box.pad_y), int(box.pad_x)
-    out[:, :, top : top + new_h, left : left + new_w] = x
+    out = torch.full((len(frames), 3, size, size), LETTERBOX_FILL / 255)
+    out[:, :, :new_h, :new_w] = x
     return out
 
 

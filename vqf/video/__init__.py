@@ -4,7 +4,7 @@ These modules import only numpy at load time; torch, DALI and PyAV are imported 
 functions that need them, so `import vqf.video` stays light.
 """
 
-from vqf.video.graph import Letterbox
+from vqf.video.geometry import Letterbox
 from vqf.video.plan import Clip, SamplingPlan, make_plan, segment_windows
 from vqf.video.plane import Decoded, DetectFrames, Prepared, Roi, VideoPlane
 from vqf.video.probe import VideoInfo, choose_route, describe, probe

@@ -1,12 +1,15 @@
-"""Running batches through the plane's pipelines, with per-video failure isolation.
+"""Streaming a video's planned frames through the plane's pipelines, chunk by chunk.
 
-DALI invalidates a pipeline after an operator error, and the error does not say which sample
-caused it. So a failed batch rebuilds the pipeline and runs its videos one by one: the bad
-one gets its VideoError, every other video its result.
+One video per pipeline run: DALI invalidates a pipeline after an operator error and the error
+does not say which sample caused it, so a video runs alone and a failure rebuilds the
+pipeline and fails that video only. Parallelism comes from several pipelines in flight (the
+engine's decode lanes), not from batching videos into one run.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -20,27 +23,97 @@ if TYPE_CHECKING:
 DALI_ROUTES = ("nvdec", "dali-cpu")
 
 
+@dataclass(frozen=True, eq=False)
+class Chunk:
+    """Consecutive planned frames of one video, model-ready: `frames` (n, 3, H, W) holds the
+    plan's frames at positions start .. start + n - 1 (positions index `plan.frames`)."""
+
+    start: int
+    frames: object  # torch.Tensor
+
+
+def stream(
+    plane: VideoPlane, prepared: Prepared, *, roi: Roi | None, counter: dict | None = None
+) -> Iterator[Chunk]:
+    """The plan's frames through the clip head in sorted chunks of at most decode.chunk_frames.
+
+    Every planned frame is decoded once; only one chunk (and, on the pyav route, the next one
+    FFmpeg is decoding) is in memory at a time. `counter["decoded"]` counts the frames the
+    decoder went through: on the pyav route FFmpeg's own count, on DALI routes the span from
+    each chunk's keyframe to its last frame (DALI seeks to the keyframe before each chunk).
+    Raises VideoError; a DALI failure rebuilds the pipeline first (DALI invalidates it).
+    """
+    counter = counter if counter is not None else {}
+    counter.setdefault("decoded", 0)
+    frames = prepared.plan.frames
+    chunk = max(1, plane.recipe.decode.chunk_frames)
+    geometry = _geometry(plane, prepared, roi)
+    route = prepared.route
+    if route in DALI_ROUTES:
+        data = _encoded(prepared, frames)["encoded"]
+        keyframes = prepared.info.keyframes
+        for start in range(0, len(frames), chunk):
+            wanted = np.asarray(frames[start : start + chunk], dtype=np.int32)
+            out = _run_one(plane, route, prepared, {"encoded": data, "frames": wanted, **geometry})
+            counter["decoded"] += int(wanted[-1]) - _keyframe_before(keyframes, wanted[0]) + 1
+            _check_count(prepared, out, len(wanted), stage=Stage.DECODE)
+            yield Chunk(start=start, frames=out)
+        return
+    from vqf.video.pyav_route import DONE, ChunkProducer, shrink_size
+
+    size = shrink_size(
+        width=prepared.info.width,
+        height=prepared.info.height,
+        roi=geometry["roi"],
+        size=geometry["size"],
+        factor=plane.recipe.decode.prescale,
+    )
+    producer = ChunkProducer(prepared.path, frames, chunk=chunk, size=size)
+    start = 0
+    try:
+        while True:
+            block = producer.get()
+            counter["decoded"] = producer.counter["decoded"]
+            if block is DONE:
+                break
+            if isinstance(block, Exception):
+                raise _as_video_error(prepared, block)
+            out = _run_one(plane, route, prepared, {"raw": block, **geometry})
+            _check_count(prepared, out, len(block), stage=Stage.DECODE)
+            yield Chunk(start=start, frames=out)
+            start += len(block)
+    finally:
+        producer.close()
+    if start != len(frames):
+        raise _failed(prepared, RuntimeError(f"decoded {start} of {len(frames)} planned frames"))
+
+
 def decode_batch(
     plane: VideoPlane, batch: list[Prepared], rois: list[Roi | None]
 ) -> list[Decoded | VideoError]:
-    """Decodes every video of `batch` on its route; results keep the batch's order."""
-    results: list = [None] * len(batch)
-    size = plane.recipe.decode.batch_size
-    for route in ("nvdec", "dali-cpu", "pyav"):
-        slots = [i for i, p in enumerate(batch) if p.route == route]
-        for start in range(0, len(slots), size):
-            group = slots[start : start + size]
-            run = _run_dali if route in DALI_ROUTES else _run_pyav
-            outs = run(plane, route, [batch[i] for i in group], [rois[i] for i in group])
-            for i, out in zip(group, outs, strict=True):
-                results[i] = out
+    """Each video's whole plan in one tensor (tools and tests; the engine streams instead)."""
+    import torch
+
+    from vqf.video.plane import Decoded
+
+    results: list = []
+    for prepared, roi in zip(batch, rois, strict=True):
+        try:
+            parts = [c.frames for c in stream(plane, prepared, roi=roi)]
+        except VideoError as e:
+            results.append(e)
+            continue
+        frames = torch.cat(parts) if len(parts) > 1 else parts[0]
+        results.append(
+            Decoded(info=prepared.info, plan=prepared.plan, frames=frames, route=prepared.route)
+        )
     return results
 
 
 def decode_detect(plane: VideoPlane, prepared: Prepared) -> DetectFrames:
-    """Decodes and letterboxes the plan's detection frames of one video."""
+    """Decodes and letterboxes the plan's detection frames of one video, seeking to them."""
     from vqf.video.plane import DetectFrames
-    from vqf.video.pyav_route import decode_all
+    from vqf.video.pyav_route import seek_frames
 
     info, indices = prepared.info, prepared.plan.detect_frames
     inputs, letterbox = detect_inputs(
@@ -53,8 +126,13 @@ def decode_detect(plane: VideoPlane, prepared: Prepared) -> DetectFrames:
     try:
         if route in DALI_ROUTES:
             inputs.update(_encoded(prepared, indices))
+            decoded = sum(
+                int(i) - _keyframe_before(info.keyframes, i) + 1 for i in np.unique(indices)
+            )
         else:
-            inputs["raw"] = decode_all(prepared.path, indices)
+            inputs["raw"], decoded = seek_frames(
+                prepared.path, indices, pts=info.pts, keyframes=info.keyframes
+            )
         out = run_pipeline(plane.pipeline(route, "detect"), {k: [v] for k, v in inputs.items()})
         frames = to_torch(out, 0)
     except VideoError as e:
@@ -63,105 +141,24 @@ def decode_detect(plane: VideoPlane, prepared: Prepared) -> DetectFrames:
         plane.rebuild(route, "detect")
         raise _failed(prepared, e, stage=Stage.DETECT) from None
     _check_count(prepared, frames, len(indices), stage=Stage.DETECT)
-    return DetectFrames(frames=frames, indices=indices, letterbox=letterbox)
+    return DetectFrames(frames=frames, indices=indices, letterbox=letterbox, decoded=decoded)
 
 
-def _run_dali(plane, route, group, rois):
-    samples = []
-    for prepared, roi in zip(group, rois, strict=True):
-        try:
-            samples.append(
-                {**_encoded(prepared, prepared.plan.frames), **_geometry(plane, prepared, roi)}
-            )
-        except VideoError as e:
-            samples.append(e)
-    outs = _run_isolated(plane, route, group, samples)
-    return [_decoded(prepared, out) for prepared, out in zip(group, outs, strict=True)]
+def _keyframe_before(keyframes: np.ndarray, index) -> int:
+    if len(keyframes) == 0:
+        return 0
+    at = int(np.searchsorted(keyframes, int(index), side="right")) - 1
+    return int(keyframes[max(at, 0)])
 
 
-def _run_isolated(plane, route, group, samples):
-    """Runs the ready samples together; on failure rebuilds and retries them one at a time.
-    Returns a tensor or a VideoError per sample."""
-    ready = [i for i, s in enumerate(samples) if not isinstance(s, VideoError)]
-    results = list(samples)
+def _run_one(plane, route, prepared: Prepared, sample: dict):
+    """One sample through the clip head; a DALI error rebuilds the pipeline and fails the video."""
     try:
-        outs = _run(plane, route, [samples[i] for i in ready])
+        out = run_pipeline(plane.pipeline(route, "clip"), {k: [v] for k, v in sample.items()})
+        return to_torch(out, 0)
     except Exception as e:
         plane.rebuild(route, "clip")
-        if len(ready) == 1:
-            results[ready[0]] = _failed(group[ready[0]], e)
-            return results
-        outs = []
-        for i in ready:
-            try:
-                outs.append(_run(plane, route, [samples[i]])[0])
-            except Exception as single:
-                plane.rebuild(route, "clip")
-                outs.append(_failed(group[i], single))
-    for i, out in zip(ready, outs, strict=True):
-        results[i] = out
-    return results
-
-
-def _run(plane, route, samples: list[dict]):
-    if not samples:
-        return []
-    pipe = plane.pipeline(route, "clip")
-    out = run_pipeline(pipe, {k: [s[k] for s in samples] for k in samples[0]})
-    return [to_torch(out, k) for k in range(len(samples))]
-
-
-def _run_pyav(plane, route, group, rois):
-    """Decodes each video in its own thread and sends chunks of all of them through the graph
-    together, so FFmpeg decodes the next chunks while the graph resizes this one."""
-    import torch
-
-    from vqf.video.pyav_route import DONE, ChunkProducer, shrink_size
-
-    chunk = max(1, plane.recipe.decode.chunk_frames)
-    geometry = {
-        i: _geometry(plane, p, roi) for i, (p, roi) in enumerate(zip(group, rois, strict=True))
-    }
-    producers = {}
-    for i, p in enumerate(group):
-        g = geometry[i]
-        size = shrink_size(
-            width=p.info.width,
-            height=p.info.height,
-            roi=g["roi"],
-            size=g["size"],
-            factor=plane.recipe.decode.prescale,
-        )
-        producers[i] = ChunkProducer(p.path, p.plan.frames, chunk=chunk, size=size)
-    parts: dict[int, list] = {i: [] for i in producers}
-    results: list = [None] * len(group)
-    try:
-        while producers:
-            ready, samples = [], []
-            for i, producer in list(producers.items()):
-                item = producer.get()
-                if item is DONE or isinstance(item, Exception):
-                    del producers[i]
-                    if isinstance(item, Exception):
-                        results[i] = _as_video_error(group[i], item)
-                    continue
-                ready.append(i)
-                samples.append({"raw": item, **geometry[i]})
-            outs = _run_isolated(plane, route, [group[i] for i in ready], samples) if ready else []
-            for i, out in zip(ready, outs, strict=True):
-                if isinstance(out, VideoError):
-                    results[i] = out
-                    producers.pop(i).close()
-                else:
-                    parts[i].append(out)
-    finally:
-        for producer in producers.values():
-            producer.close()
-    for i, prepared in enumerate(group):
-        if results[i] is None:
-            frames = torch.cat(parts[i]) if len(parts[i]) > 1 else parts[i][0]
-            results[i] = _decoded(prepared, frames)
-    return results
+        raise _failed(prepared, e) from None
 
 
 def _encoded(prepared: Prepared, indices: np.ndarray) -> dict[str, np.ndarray]:
@@ -183,18 +180,6 @@ def _geometry(plane, prepared: Prepared, roi) -> dict[str, np.ndarray]:
         roi=roi,
         sampling=plane.recipe.sampling,
     )
-
-
-def _decoded(prepared: Prepared, frames):
-    from vqf.video.plane import Decoded
-
-    if isinstance(frames, VideoError):
-        return frames
-    try:
-        _check_count(prepared, frames, len(prepared.plan.frames), stage=Stage.DECODE)
-    except VideoError as e:
-        return e
-    return Decoded(info=prepared.info, plan=prepared.plan, frames=frames, route=prepared.route)
 
 
 def _check_count(prepared: Prepared, frames, expected: int, *, stage: Stage) -> None:

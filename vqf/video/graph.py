@@ -17,29 +17,15 @@ Per-sample inputs (all float32): `roi` [y0, x0, y1, x1] relative to the stored f
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
 from vqf.config import SamplingConfig
+from vqf.video.geometry import LETTERBOX_FILL, Letterbox, displayed_size, stored_roi
 
 Source = Literal["nvdec", "dali-cpu", "pyav"]
 Head = Literal["clip", "detect"]
-LETTERBOX_FILL = 114  # the grey YOLO pads with
-
-
-@dataclass(frozen=True)
-class Letterbox:
-    """How a displayed frame maps into the detection square: x_box = x * scale_x + pad_x."""
-
-    size: int
-    scale_x: float
-    scale_y: float
-    pad_x: int = 0
-    pad_y: int = 0
-    width: int = 0
-    height: int = 0
 
 
 def build_pipeline(
@@ -58,6 +44,8 @@ def build_pipeline(
         batch_size=batch_size,
         num_threads=num_threads,
         device_id=device_id,
+        # unpinned worker threads: several pipelines and ranks share the cores
+        set_affinity=False,
         exec_dynamic=True,  # outputs stay valid after the next run: torch holds them via DLPack
         prefetch_queue_depth=1,  # we feed, then run: nothing to prefetch
     )
@@ -166,32 +154,13 @@ def clip_inputs(
 
 def detect_inputs(*, width: int, height: int, rotation: int, size: int):
     """Per-sample geometry of the detect head, and the letterbox that maps boxes back."""
-    quarter = rotation in (90, 270)
-    disp_w, disp_h = (height, width) if quarter else (width, height)
-    scale = size / max(disp_w, disp_h)
-    new_w, new_h = max(1, round(disp_w * scale)), max(1, round(disp_h * scale))
-    pre_h, pre_w = (new_w, new_h) if quarter else (new_h, new_w)
+    disp_w, disp_h = displayed_size(width=width, height=height, rotation=rotation)
+    box = Letterbox.fit(width=disp_w, height=disp_h, size=size)
+    new_w, new_h = box.resized
+    pre_h, pre_w = (new_w, new_h) if rotation in (90, 270) else (new_h, new_w)
     inputs = {
         "size": np.array([pre_h, pre_w], np.float32),
         "angle": np.array(rotation, np.float32),
         "side": np.array([size, size], np.int32),
     }
-    box = Letterbox(
-        size=size, scale_x=new_w / disp_w, scale_y=new_h / disp_h, width=disp_w, height=disp_h
-    )
     return inputs, box
-
-
-def stored_roi(box, *, rotation: int) -> tuple[float, float, float, float]:
-    """Maps a relative (x0, y0, x1, y1) box in the displayed frame into the stored frame.
-
-    The displayed frame is the stored one turned counter-clockwise by `rotation` degrees.
-    """
-    x0, y0, x1, y1 = box
-    if rotation == 90:  # displayed (x, y) shows stored (1 - y, x)
-        return 1 - y1, x0, 1 - y0, x1
-    if rotation == 180:
-        return 1 - x1, 1 - y1, 1 - x0, 1 - y0
-    if rotation == 270:  # displayed (x, y) shows stored (y, 1 - x)
-        return y0, 1 - x1, y1, 1 - x0
-    return x0, y0, x1, y1

@@ -22,7 +22,7 @@ import numpy as np
 
 from vqf.config import Recipe
 from vqf.errors import ConfigError, ErrorType, Stage, VideoError
-from vqf.video.graph import Letterbox
+from vqf.video.geometry import Letterbox
 from vqf.video.plan import Clip, SamplingPlan, make_plan
 from vqf.video.probe import VideoInfo, probe
 
@@ -81,10 +81,12 @@ class DetectFrames:
     frames: object  # torch.Tensor
     indices: np.ndarray
     letterbox: Letterbox
+    decoded: int = 0  # frames the decoder went through to reach them
 
 
 class VideoPlane:
-    """Probe, plan and decode for one rank. One pipeline per (source, head), built once."""
+    """Probe, plan and decode. One pipeline per (source, head), built once; a plane is used by
+    one thread at a time (DALI pipelines are not shared between threads)."""
 
     def __init__(self, *, recipe: Recipe, device: str):
         if device != "cpu" and not device.startswith("cuda"):
@@ -109,7 +111,8 @@ class VideoPlane:
             path, decode=self.recipe.decode, sampling=self.recipe.sampling, device=self.device
         )
         plan = make_plan(info.timestamps, sampling=self.recipe.sampling, duration_s=info.duration_s)
-        if len(plan.frames) > self.recipe.decode.max_frames_decoded:
+        limit = self.recipe.decode.max_frames_decoded
+        if limit and len(plan.frames) > limit:
             raise VideoError(
                 ErrorType.TOO_LARGE,
                 f"{path.name} needs {len(plan.frames)} decoded frames, over "
@@ -120,6 +123,12 @@ class VideoPlane:
         return Prepared(path=path, uri=uri, info=info, plan=plan)
 
     # -- main decode ----------------------------------------------------------------
+
+    def stream(self, prepared: Prepared, *, roi: Roi | None = None, counter: dict | None = None):
+        """The plan's frames in sorted chunks (`vqf.video.decode.Chunk`); raises VideoError."""
+        from vqf.video.decode import stream
+
+        return stream(self, prepared, roi=roi, counter=counter)
 
     def decode(
         self, batch: list[Prepared], *, rois: list[Roi | None] | None = None
@@ -146,14 +155,13 @@ class VideoPlane:
         if key not in self._pipes:
             from vqf.video.graph import build_pipeline
 
-            batch = self.recipe.decode.batch_size if head == "clip" else 1
             self._pipes[key] = build_pipeline(
                 source=source,
                 head=head,
                 sampling=self.recipe.sampling,
-                batch_size=batch,
+                batch_size=1,
                 device_id=self.device_id,
-                num_threads=max(1, self.recipe.decode.workers),
+                num_threads=max(1, self.recipe.decode.threads),
             )
         return self._pipes[key]
 

@@ -44,6 +44,9 @@ class VideoInfo:
     fps: float
     vfr: bool
     timestamps: np.ndarray = field(repr=False)
+    pts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False)
+    time_base: float = 0.0
+    keyframes: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False)
     rotation: int = 0
     pix_fmt: str = ""
     bit_depth: int = 8
@@ -88,11 +91,14 @@ def probe(
     with container:
         stream = _video_stream(container, path)
         fields = _stream_fields(container, stream, path, decode=decode)
-        timestamps, first = _demux(container, stream, path)
+        timestamps, first, ticks, keyframes = _demux(container, stream, path)
     duration = _duration(timestamps, stream)
     info = VideoInfo(
         path=str(path),
         timestamps=timestamps,
+        pts=ticks,
+        time_base=float(stream.time_base),
+        keyframes=keyframes,
         frame_count=len(timestamps),
         duration_s=duration,
         fps=_fps(timestamps, stream),
@@ -258,16 +264,19 @@ def _stream_fields(container, stream, path: Path, *, decode: DecodeConfig) -> di
 
 
 def _demux(container, stream, path: Path):
-    """Presentation times (seconds from the first frame, sorted) and the first decoded frame."""
+    """Presentation times (seconds from the first frame, sorted), the first decoded frame, the
+    sorted pts ticks, and the display-order indices of the keyframes (where a seek lands)."""
     import av
 
-    times, first, errors = [], None, 0
+    times, keys, first, errors = [], [], None, 0
     try:
         for packet in container.demux(stream):
             ts = packet.pts if packet.pts is not None else packet.dts
             if packet.size == 0 or ts is None:
                 continue
             times.append(ts)
+            if packet.is_keyframe:
+                keys.append(ts)
             if first is None and errors < 8:
                 try:
                     frames = packet.decode()
@@ -289,7 +298,10 @@ def _demux(container, stream, path: Path):
             ErrorType.CORRUPT_STREAM, f"{path.name}: no frame decodes from {len(times)} packets"
         )
     ticks = np.unique(np.asarray(times, dtype=np.int64))
-    return (ticks - ticks[0]) * float(stream.time_base), first
+    keyframes = np.unique(np.searchsorted(ticks, np.asarray(keys, dtype=np.int64)))
+    if len(keyframes) == 0 or keyframes[0] != 0:  # decoding always starts at the first frame
+        keyframes = np.concatenate([[0], keyframes]).astype(np.int64)
+    return (ticks - ticks[0]) * float(stream.time_base), first, ticks, keyframes
 
 
 def _flush(stream):

@@ -26,6 +26,7 @@ def iter_frames(
     chunk: int = 64,
     size: tuple[int, int] | None = None,
     interpolation: str = "AREA",
+    counter: dict | None = None,
 ) -> Iterator[np.ndarray]:
     """Yields the frames at display-order indices `frames` (sorted, distinct) as RGB uint8
     arrays (F, H, W, 3) of at most `chunk` frames, stored orientation.
@@ -33,7 +34,7 @@ def iter_frames(
     `size` (width, height) lets swscale shrink while it converts YUV to RGB, a pass it makes
     over every pixel anyway; the graph then crops and resizes from a picture near its output
     size instead of the full frame (on a CPU, antialiased resizing of full frames costs ten
-    times the decode).
+    times the decode). `counter["decoded"]` counts the frames FFmpeg decoded.
     """
     import av
 
@@ -46,6 +47,8 @@ def iter_frames(
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             for index, frame in enumerate(container.decode(stream)):
+                if counter is not None:
+                    counter["decoded"] = index + 1
                 if index != wanted[pos]:
                     continue
                 if size is not None:
@@ -69,9 +72,56 @@ def iter_frames(
     )
 
 
-def decode_all(path: str | Path, frames: np.ndarray) -> np.ndarray:
-    """All of `frames` in one array (F, H, W, 3): for the few detection frames."""
-    return np.concatenate(list(iter_frames(path, frames, chunk=max(1, len(frames)))))
+def seek_frames(
+    path: str | Path, frames: np.ndarray, *, pts: np.ndarray, keyframes: np.ndarray
+) -> tuple[np.ndarray, int]:
+    """The frames at display-order indices `frames` (F, H, W, 3), found by seeking.
+
+    Each group of wanted frames that share a keyframe costs one seek and the decode from that
+    keyframe to the group's last frame (a few GOPs for a few frames, never the whole video).
+    `pts` are the stream's sorted presentation ticks and `keyframes` the display indices a seek
+    can land on (both from the probe). Returns the frames and how many were decoded.
+    """
+    import av
+
+    wanted = np.asarray(frames, dtype=np.int64)
+    order = np.argsort(wanted, kind="stable")
+    out: list[np.ndarray | None] = [None] * len(wanted)
+    decoded = 0
+    groups: dict[int, list[int]] = {}
+    for slot in order:
+        key = int(keyframes[max(0, np.searchsorted(keyframes, wanted[slot], side="right") - 1)])
+        groups.setdefault(key, []).append(int(slot))
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            for key, slots in groups.items():
+                container.seek(int(pts[key]), stream=stream, backward=True, any_frame=False)
+                last = int(wanted[slots[-1]])
+                todo = {int(wanted[s]): [] for s in slots}
+                for s in slots:
+                    todo[int(wanted[s])].append(s)
+                for frame in container.decode(stream):
+                    decoded += 1
+                    if frame.pts is None:
+                        continue
+                    index = int(np.searchsorted(pts, frame.pts))
+                    if index in todo:
+                        picture = frame.to_ndarray(format="rgb24")
+                        for s in todo.pop(index):
+                            out[s] = picture
+                    if index >= last or not todo:
+                        break
+    except av.error.FFmpegError as e:
+        raise _failed(f"{Path(path).name}: FFmpeg stopped while seeking: {e}") from None
+    missing = [int(wanted[s]) for s, f in enumerate(out) if f is None]
+    if missing:
+        raise _failed(
+            f"{Path(path).name}: seeking found no frame {missing[0]} "
+            f"({len(missing)} of {len(wanted)} wanted frames missing)"
+        )
+    return np.stack(out), decoded
 
 
 class ChunkProducer:
@@ -87,6 +137,7 @@ class ChunkProducer:
         depth: int = 2,
     ):
         self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.counter = {"decoded": 0}
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._run, args=(path, frames, chunk, size), name="vqf-pyav", daemon=True
@@ -95,7 +146,7 @@ class ChunkProducer:
 
     def _run(self, path, frames, chunk, size) -> None:
         try:
-            for block in iter_frames(path, frames, chunk=chunk, size=size):
+            for block in iter_frames(path, frames, chunk=chunk, size=size, counter=self.counter):
                 if self._stop.is_set():
                     return
                 self.queue.put(block)
