@@ -1,158 +1,262 @@
-"""The model stage: clips of several videos batched into each backbone call, shared by filters.
+"""The model stage: clips of many videos batched into each backbone call, shared by filters.
 
-Filters that name the same backbone share one forward pass per clip: the stage groups filters
-by `model_name`, encodes every clip any of them reads once, and hands the tokens to each
-filter's head. Out-of-memory splits a batch in halves down to single clips; any other model
-error is retried video by video, so one bad video never costs another its result.
+Filters that name the same backbone share one forward pass per clip: a clip enters once per
+backbone whose filters read its kind, and the tokens go to each of those filters' heads.
+Clips wait in per-(backbone, length) batches; a batch runs when it is full
+(`models.<name>.batch_size`), or when no clip has arrived for a moment, or at the end.
+Out-of-memory splits a batch in halves down to single clips; any other model error is
+retried video by video, so one bad video never costs another its result.
+
+On a GPU the stage runs on a CUDA stream of its own, waiting on each clip's ready event, so
+the decode lanes' work on the default stream and the backbones overlap.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
+from vqf.engine.assemble import ClipPiece
+from vqf.engine.flow import END, put
 from vqf.errors import ErrorType, Stage, VideoError
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class _Job:
-    video: int  # index into the batch of decoded videos
-    clip: Any  # vqf.video.plan.Clip
+@dataclass(eq=False)
+class ClipJob:
+    """One complete clip buffer of one video, on its way through one backbone."""
+
+    job: Any  # vqf.engine.job.VideoJob
+    piece: ClipPiece
+    model: str
+    left: list  # [passes of this piece still to run]: the buffer is freed at zero
 
 
 class ModelStage:
-    """Runs the learned filters on a batch of decoded videos."""
+    """One thread; `submit` from the decode lanes, `inbox` ends with END."""
 
-    def __init__(self, *, filters: list, bank: Any, clip_batch: int, stats: Any = None):
+    def __init__(
+        self, engine, *, filters: list, bank: Any, batch_sizes: dict[str, int], depth: int
+    ):
         from vqf.filters.base import ClipResult
 
         self._clip_result = ClipResult
+        self.engine = engine
+        self.stats = engine.stats
         self.filters = filters
         self.bank = bank
-        self.clip_batch = clip_batch
-        self.stats = stats
+        self.batch_sizes = batch_sizes
         self.by_model: dict[str, list] = defaultdict(list)
         for f in filters:
             self.by_model[f.model_name].append(f)
+        self.kinds = {k for f in filters for k in f.reads}
+        self.inbox: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self.flush_s = 0.05
+        self.thread = threading.Thread(target=self._loop, name="vqf-models", daemon=True)
+        self._stream = None
+        self.busy = False
 
-    def run(self, videos: list) -> list[dict | VideoError]:
-        """One info dict (the filters' keys) or one VideoError per decoded video."""
-        results: list[dict[str, list]] = [defaultdict(list) for _ in videos]
-        failed: dict[int, VideoError] = {}
-        for model_name, filters in self.by_model.items():
-            kinds = {k for f in filters for k in f.reads}
-            by_length: dict[int, list[_Job]] = defaultdict(list)  # a batch stacks equal clips
-            for v, decoded in enumerate(videos):
-                for clip in decoded.plan.clips:
-                    if clip.kind in kinds:
-                        by_length[len(clip.take)].append(_Job(v, clip))
-            for jobs in by_length.values():
-                for start in range(0, len(jobs), self.clip_batch):
-                    chunk = [
-                        j for j in jobs[start : start + self.clip_batch] if j.video not in failed
-                    ]
-                    self._run_chunk(model_name, filters, videos, chunk, results, failed)
-        out: list[dict | VideoError] = []
-        for v in range(len(videos)):
-            if v in failed:
-                out.append(failed[v])
-                continue
-            info: dict[str, Any] = {}
+    # -- input, from the decode lanes ---------------------------------------------------------
+    def models_for(self, kind: str) -> list[str]:
+        return [m for m, fs in self.by_model.items() if any(kind in f.reads for f in fs)]
+
+    def submit(self, job, piece: ClipPiece, *, alive) -> bool:
+        """Queues a complete clip for every backbone that reads it; False if the video ended."""
+        models = sorted({m for clip, _ in piece.clips for m in self.models_for(clip.kind)})
+        budget, pool = self.engine.budget, self.engine.pool
+        budget.hand_over(pool, piece.nbytes)
+        if piece.tensor.is_cuda:
+            import torch
+
+            piece.ready = torch.cuda.Event()
+            piece.ready.record()
+        left = [len(models)]
+        with job.lock:
+            job.clips_out += len(models)
+        for model in models:
+            if not put(self.inbox, ClipJob(job, piece, model, left), alive=alive):
+                budget.free(pool, piece.nbytes)
+                return False
+        return True
+
+    # -- the loop -----------------------------------------------------------------------------
+    def start(self) -> None:
+        self.thread.start()
+
+    def _loop(self) -> None:
+        pending: dict[tuple[str, int], list[ClipJob]] = defaultdict(list)
+        while True:
             try:
-                with self._stage("aggregate"):
-                    for f in self.filters:
-                        info.update(f.to_info(results[v][f.name]))
-            except Exception as e:  # a head's output that cannot be aggregated
-                out.append(
-                    VideoError(ErrorType.MODEL_FAILED, f"aggregate: {e}", stage=Stage.AGGREGATE)
-                )
+                item = self.inbox.get(timeout=self.flush_s)
+            except queue.Empty:
+                item = None
+            if item is END:
+                break
+            if item is not None:
+                key = (item.model, int(item.piece.tensor.shape[0]))
+                pending[key].append(item)
+                if len(pending[key]) >= self.batch_sizes.get(item.model, 8):
+                    self._run(pending.pop(key))
                 continue
-            out.append(info)
-        return out
+            if pending:  # nothing arrived for a moment: run the fullest batch
+                self._run(pending.pop(max(pending, key=lambda k: len(pending[k]))))
+        for batch in pending.values():
+            self._run(batch)
 
-    def _run_chunk(self, model_name, filters, videos, chunk, results, failed) -> None:
+    def _run(self, batch: list[ClipJob]) -> None:
+        self.busy = True
+        try:
+            live = [c for c in batch if not c.job.closed]
+            label = ",".join(sorted({c.job.video_id for c in live}))
+            if live:
+                with self.stats.stage("model", items=len(live), label=label):
+                    self._run_chunk(live[0].model, live)
+        finally:
+            for c in batch:
+                self._done(c)
+            self.busy = False
+
+    def _done(self, c: ClipJob) -> None:
+        c.left[0] -= 1
+        if c.left[0] == 0:
+            self.engine.budget.free(self.engine.pool, c.piece.nbytes)
+            c.piece.tensor = None
+        with c.job.lock:
+            c.job.clips_out -= 1
+        self.engine.maybe_finish(c.job)
+
+    # -- forward passes with OOM splitting and per-video isolation ----------------------------
+    def _run_chunk(self, model_name: str, chunk: list[ClipJob]) -> None:
+        chunk = [c for c in chunk if not c.job.closed]
         if not chunk:
             return
         import torch
 
         try:
-            self._forward(model_name, filters, videos, chunk, results)
+            self._forward(model_name, chunk)
         except torch.OutOfMemoryError:
             self._count("oom_splits")
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             if len(chunk) == 1:
-                job = chunk[0]
-                failed[job.video] = VideoError(
-                    ErrorType.OUT_OF_MEMORY,
-                    f"{model_name}: out of memory on a single clip",
-                    stage=Stage.MODEL,
-                    hint="lower the clip size or use a GPU with more memory",
+                self.engine.fail(
+                    chunk[0].job,
+                    VideoError(
+                        ErrorType.OUT_OF_MEMORY,
+                        f"{model_name}: out of memory on a single clip",
+                        stage=Stage.MODEL,
+                        hint="lower the clip size or use a GPU with more memory",
+                    ),
                 )
                 return
             half = len(chunk) // 2
-            self._run_chunk(model_name, filters, videos, chunk[:half], results, failed)
-            rest = [j for j in chunk[half:] if j.video not in failed]
-            self._run_chunk(model_name, filters, videos, rest, results, failed)
+            self._run_chunk(model_name, chunk[:half])
+            self._run_chunk(model_name, chunk[half:])
         except Exception as e:
-            by_video = sorted({j.video for j in chunk})
-            if len(by_video) == 1:
-                log.warning("model %s failed on one video: %s", model_name, e)
-                failed[by_video[0]] = VideoError(
-                    ErrorType.MODEL_FAILED,
-                    f"{model_name}: {type(e).__name__}: {e}",
-                    stage=Stage.MODEL,
+            videos = list({id(c.job): c.job for c in chunk}.values())
+            if len(videos) == 1:
+                log.warning("model %s failed on %s: %s", model_name, videos[0].video_id, e)
+                self.engine.fail(
+                    videos[0],
+                    VideoError(
+                        ErrorType.MODEL_FAILED,
+                        f"{model_name}: {type(e).__name__}: {e}",
+                        stage=Stage.MODEL,
+                    ),
                 )
                 return
-            for v in by_video:  # isolate the video that breaks the batch
-                self._run_chunk(
-                    model_name, filters, videos, [j for j in chunk if j.video == v], results, failed
-                )
+            for job in videos:  # isolate the video that breaks the batch
+                self._run_chunk(model_name, [c for c in chunk if c.job is job])
 
-    def _forward(self, model_name, filters, videos, chunk, results) -> None:
+    def _clips(self, chunk: list[ClipJob]):
+        """The batch's input (N, T, 3, H, W), and for each row its (job, clip) pairs."""
+        import torch
+
+        rows, owners = [], []
+        for c in chunk:
+            tensor = c.piece.tensor
+            if c.piece.ready is not None:
+                torch.cuda.current_stream(tensor.device).wait_event(c.piece.ready)
+                tensor.record_stream(torch.cuda.current_stream(tensor.device))
+            for clip, reverse in c.piece.clips:
+                if c.model in self.models_for(clip.kind):
+                    rows.append(tensor.flip(0) if reverse else tensor)
+                    owners.append((c.job, clip))
+        return torch.stack(rows), owners
+
+    def _forward(self, model_name: str, chunk: list[ClipJob]) -> None:
         import torch
 
         backbone = self.bank.backbone(model_name)
-        clips = torch.stack([videos[j.video].clip_tensor(j.clip) for j in chunk])
-        with self._stage(f"backbone:{model_name}", items=len(chunk)):
-            tokens = backbone.encode(clips)
-            self._sync(tokens)
-        self._count("clips_encoded", len(chunk))
-        for f in filters:
-            rows = [i for i, j in enumerate(chunk) if j.clip.kind in f.reads]
-            if not rows:
-                continue
-            with self._stage(f"head:{f.name}", items=len(rows)):
-                probs = f.probs(tokens[rows]).float().cpu().tolist()
-            for i, p in zip(rows, probs):
-                clip = chunk[i].clip
-                results[chunk[i].video][f.name].append(
+        with self._on_stream(backbone):
+            clips, owners = self._clips(chunk)
+            with self.stats.stage(f"backbone:{model_name}", items=len(owners)):
+                tokens = backbone.encode(clips)
+                self._sync(tokens)
+            self._count("clips_encoded", len(owners))
+            heads = []
+            for f in self.by_model[model_name]:
+                rows = [i for i, (_, clip) in enumerate(owners) if clip.kind in f.reads]
+                if rows:
+                    with self.stats.stage(f"head:{f.name}", items=len(rows)):
+                        heads.append((f, rows, f.probs(tokens[rows]).float()))
+            # every head's probabilities in one table: one copy to the host per batch
+            width = sum(len(f.labels) for f, *_ in heads)
+            table = torch.zeros(len(owners), width, device=tokens.device)
+            col = 0
+            for _, rows, probs in heads:
+                table[rows, col : col + probs.shape[1]] = probs
+                col += probs.shape[1]
+            host = table.cpu().tolist()
+        col = 0
+        for f, rows, _ in heads:
+            n = len(f.labels)
+            for i in rows:
+                job, clip = owners[i]
+                job.results.setdefault(f.name, []).append(
                     self._clip_result(
                         kind=clip.kind,
                         index=clip.index,
                         start_s=float(clip.start_s),
                         end_s=float(clip.end_s),
-                        probs=dict(zip(f.labels, p)),
+                        probs=dict(zip(f.labels, host[i][col : col + n])),
                     )
                 )
+            col += n
 
-    def _stage(self, name: str, *, items: int = 1):
-        """Times a part of the model stage for the profiler (nothing without stats)."""
+    def _on_stream(self, backbone):
+        """The stage's own CUDA stream on a GPU; nothing on a CPU."""
         from contextlib import nullcontext
 
-        return self.stats.stage(name, items=items) if self.stats is not None else nullcontext()
+        import torch
+
+        device = getattr(backbone, "device", None)
+        if device is None or torch.device(device).type != "cuda":
+            return nullcontext()
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(device=device)
+        return torch.cuda.stream(self._stream)
 
     def _sync(self, tokens) -> None:
         """While profiling, waits for the GPU so a backbone's time is not billed to the head."""
-        if self.stats is not None and self.stats.keep_spans and tokens.is_cuda:
+        if self.stats.keep_spans and tokens.is_cuda:
             import torch
 
             torch.cuda.synchronize(tokens.device)
 
     def _count(self, key: str, n: int = 1) -> None:
-        if self.stats is not None:
-            self.stats.add(key, n)
+        self.stats.add(key, n)
+
+    # -- aggregate ----------------------------------------------------------------------------
+    def aggregate(self, job) -> dict[str, Any]:
+        """The learned filters' keys of a video whose clips have all been through."""
+        info: dict[str, Any] = {}
+        with self.stats.stage("aggregate"):
+            for f in self.filters:
+                info.update(f.to_info(job.results.get(f.name, [])))
+        return info

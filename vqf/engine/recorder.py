@@ -1,0 +1,113 @@
+"""The recorder: the one place that owes every input row exactly one output row.
+
+Stages never write rows. They hand the recorder a finished video's info or a failure as data;
+the recorder turns it into the output record, applies the recipe's thresholds, and queues it
+for the writer. A second record for the same row is refused (a stage that woke up after its
+video timed out, say), and `close` gives every row still owed an INTERNAL failure, so no row
+is ever lost or written twice, whatever a stage did.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from vqf.config import Recipe
+from vqf.decide import decide
+from vqf.engine.job import VideoJob
+from vqf.engine.work import WorkItem
+from vqf.errors import ErrorType, Stage, VideoError
+from vqf.schema import DeviceInfo, failure_record, now, success_record
+
+log = logging.getLogger(__name__)
+
+
+class Recorder:
+    """Owes one row per registered work item; thread-safe."""
+
+    def __init__(self, writer, *, recipe: Recipe, device: DeviceInfo, stats, device_name: str):
+        self.writer = writer
+        self.recipe = recipe
+        self.device = device
+        self.device_name = device_name
+        self.stats = stats
+        self.extra: dict[str, Any] = {"recipe": recipe.name}
+        self._owed: dict[int, WorkItem] = {}
+        self._lock = threading.Lock()
+
+    def owe(self, items: list[WorkItem]) -> None:
+        with self._lock:
+            for item in items:
+                self._owed[item.index] = item
+
+    @property
+    def owed(self) -> int:
+        with self._lock:
+            return len(self._owed)
+
+    def _claim(self, item: WorkItem) -> bool:
+        with self._lock:
+            return self._owed.pop(item.index, None) is not None
+
+    def succeed(self, job: VideoJob, info: dict[str, Any], *, route: str, extra=None) -> bool:
+        """Records a judged video; False when its row was already recorded."""
+        if not self._claim(job.item):
+            return False
+        # scores are always written; the recipe's thresholds add keep/reasons beside them
+        fields = dict(self.extra, decode_route=route, **(extra or {}))
+        fields.update(decide(info, recipe=self.recipe))
+        url = fields.pop("video_oss_url", None)
+        record = success_record(
+            job.item.row,
+            info,
+            start_time=job.start_time,
+            end_time=now(),
+            cost_s=time.time() - job.started,
+            device=self.device,
+            video_oss_url=url,
+            extra=fields,
+        )
+        if route and route != "nvdec" and self.device_name.startswith("cuda"):
+            self.stats.add("fallback_cpu_decode")
+        self.stats.add("video_seconds", float(job.prepared.info.duration_s))
+        self.writer.put(record)
+        return True
+
+    def fail(self, item: WorkItem, error: VideoError, *, job: VideoJob | None = None) -> bool:
+        """Records a failure; False when the row was already recorded."""
+        from vqf.storage.secret import redact
+
+        if not self._claim(item):
+            return False
+        # any stage's message may quote a library's error text: no configured secret leaves
+        error = VideoError(error.type, redact(error.message), stage=error.stage, hint=error.hint)
+        self.stats.failure(item.video_id, error.type.value, error.message)
+        record = failure_record(
+            item.raw,
+            error,
+            row=item.row,
+            start_time=job.start_time if job else None,
+            cost_s=(time.time() - job.started) if job else 0.0,
+            device=self.device,
+            extra=self.extra,
+        )
+        self.writer.put(record)
+        return True
+
+    def close(self) -> int:
+        """Gives each row still owed an INTERNAL failure; returns how many there were."""
+        with self._lock:
+            left = list(self._owed.values())
+        for item in left:
+            log.error("row %d (%s) reached the end without a result", item.index, item.video_id)
+            self.fail(
+                item,
+                VideoError(
+                    ErrorType.INTERNAL,
+                    "the rank finished without a result for this row",
+                    stage=Stage.WRITE,
+                ),
+            )
+        return len(left)
