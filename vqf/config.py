@@ -118,6 +118,40 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class ExportConfig:
+    """A cropped copy of each video with a safe crop, written to `target`: an
+    `oss://bucket/prefix/` or a local folder. Only `abnormal_region` finds crops."""
+
+    enable: bool = False
+    target: str = ""
+    codec: str = "libx264"  # checked against this FFmpeg build when the export pool starts
+    crf: int = 23
+    workers: int = 2
+    queue: int = 4  # jobs waiting for a worker before `submit` blocks
+
+    def __post_init__(self):
+        if self.enable and not self.target.strip():
+            raise ConfigError(
+                "export.enable is true but export.target is empty",
+                hint="set export.target to oss://bucket/prefix/ or a local folder",
+            )
+        scheme, sep, rest = self.target.partition("://")
+        if sep and (scheme.lower() != "oss" or not rest.partition("/")[0]):
+            raise ConfigError(
+                f"export.target = {self.target!r} is not a bucket or a folder",
+                hint="allowed: oss://bucket/prefix/ or a local folder path",
+            )
+        if not 0 <= self.crf <= 51:
+            raise ConfigError(f"export.crf = {self.crf!r} is out of range", hint="allowed: 0..51")
+        if self.workers < 1 or self.queue < 1:
+            raise ConfigError(
+                f"export.workers = {self.workers!r} and export.queue = {self.queue!r}"
+                " must be at least 1",
+                hint="allowed: 1 or more",
+            )
+
+
+@dataclass(frozen=True)
 class FilterConfig:
     """A filter's switch and options. `options` is checked by the filter's own Config."""
 
@@ -126,6 +160,7 @@ class FilterConfig:
     head: str = ""
     thresholds: dict[str, float] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
+    export: ExportConfig = field(default_factory=ExportConfig)
 
 
 @dataclass(frozen=True)
@@ -309,6 +344,11 @@ def _check_references(recipe: Recipe) -> None:
             raise ConfigError(
                 f"filters.{name}.model = {spec.model!r} names no model",
                 hint=f"models in this recipe: {', '.join(recipe.models) or 'none'}",
+            )
+        if spec.export.enable and name != "abnormal_region":
+            raise ConfigError(
+                f"filters.{name}.export.enable = true, but {name!r} finds no crop to export",
+                hint="set export under filters.abnormal_region",
             )
     if recipe.decode.batch_size < 1 or recipe.engine.clip_batch < 1:
         raise ConfigError("decode.batch_size and engine.clip_batch must be at least 1")
