@@ -161,20 +161,20 @@ def test_a_probe_that_hangs_becomes_a_timeout_row_and_the_run_finishes(
 def test_a_decode_that_hangs_becomes_a_timeout_row_and_the_run_finishes(
     tmp_path, video_factory, monkeypatch
 ):
-    """The decoder itself stuck on one file (made here by a decode that blocks while that file
-    is in its batch): after decode.timeout_s the batch is retried video by video, the stuck one
-    gets a TIMEOUT row at the decode stage and the others, even those batched with it, succeed."""
+    """The decoder itself stuck on one file (made here by a decode stream that blocks on that
+    file): after decode.timeout_s without progress its lane is abandoned, the stuck video gets
+    a TIMEOUT row at the decode stage, a fresh lane takes over and the others succeed."""
     import vqf.video.plane as plane_module
 
     release = threading.Event()
-    real_decode = plane_module.VideoPlane.decode
+    real_stream = plane_module.VideoPlane.stream
 
-    def decode(self, batch, **kwargs):
-        if any(Path(p.path).name == "stuck.mp4" for p in batch):
+    def stream(self, prepared, **kwargs):
+        if Path(prepared.path).name == "stuck.mp4":
             release.wait()  # never set before the run ends
-        return real_decode(self, batch, **kwargs)
+        return real_stream(self, prepared, **kwargs)
 
-    monkeypatch.setattr(plane_module.VideoPlane, "decode", decode)
+    monkeypatch.setattr(plane_module.VideoPlane, "stream", stream)
     try:
         got, snap = run_with_one_stuck_video(
             tmp_path, video_factory(codec="h264", seconds=1),

@@ -119,9 +119,7 @@ def test_borders_call_a_flat_frame_blank(tmp_path, recipe):
     plane = VideoPlane(recipe=recipe, device="cpu")
     prepared = plane.prepare(path, uri=str(path))
     det = plane.detect_frames(prepared)
-    result = borders.BordersFilter(spec=FilterConfig()).detect(
-        det.frames, letterbox=det.letterbox
-    )
+    result = borders.BordersFilter(spec=FilterConfig()).detect(det.frames, letterbox=det.letterbox)
     assert result.info["borders"]["blank"] is True and result.crop is None
 
 

@@ -29,12 +29,14 @@ log = logging.getLogger(__name__)
 
 @dataclass(eq=False)
 class ClipJob:
-    """One complete clip buffer of one video, on its way through one backbone."""
+    """One clip of one video on its way through one backbone (`reverse`: read backwards)."""
 
     job: Any  # vqf.engine.job.VideoJob
     piece: ClipPiece
+    clip: Any  # vqf.video.plan.Clip
+    reverse: bool
     model: str
-    left: list  # [passes of this piece still to run]: the buffer is freed at zero
+    left: list  # [passes over this piece's buffer still to run]: it is freed at zero
 
 
 class ModelStage:
@@ -67,7 +69,11 @@ class ModelStage:
 
     def submit(self, job, piece: ClipPiece, *, alive) -> bool:
         """Queues a complete clip for every backbone that reads it; False if the video ended."""
-        models = sorted({m for clip, _ in piece.clips for m in self.models_for(clip.kind)})
+        passes = [
+            (clip, reverse, model)
+            for clip, reverse in piece.clips
+            for model in self.models_for(clip.kind)
+        ]
         budget, pool = self.engine.budget, self.engine.pool
         budget.hand_over(pool, piece.nbytes)
         if piece.tensor.is_cuda:
@@ -75,12 +81,16 @@ class ModelStage:
 
             piece.ready = torch.cuda.Event()
             piece.ready.record()
-        left = [len(models)]
+        left = [len(passes)]
         with job.lock:
-            job.clips_out += len(models)
-        for model in models:
-            if not put(self.inbox, ClipJob(job, piece, model, left), alive=alive):
-                budget.free(pool, piece.nbytes)
+            job.clips_out += len(passes)
+        for sent, (clip, reverse, model) in enumerate(passes):
+            if not put(self.inbox, ClipJob(job, piece, clip, reverse, model, left), alive=alive):
+                with job.lock:
+                    job.clips_out -= len(passes) - sent
+                left[0] -= len(passes) - sent
+                if left[0] == 0:
+                    budget.free(pool, piece.nbytes)
                 return False
         return True
 
@@ -181,12 +191,11 @@ class ModelStage:
         for c in chunk:
             tensor = c.piece.tensor
             if c.piece.ready is not None:
-                torch.cuda.current_stream(tensor.device).wait_event(c.piece.ready)
-                tensor.record_stream(torch.cuda.current_stream(tensor.device))
-            for clip, reverse in c.piece.clips:
-                if c.model in self.models_for(clip.kind):
-                    rows.append(tensor.flip(0) if reverse else tensor)
-                    owners.append((c.job, clip))
+                stream = torch.cuda.current_stream(tensor.device)
+                stream.wait_event(c.piece.ready)
+                tensor.record_stream(stream)
+            rows.append(tensor.flip(0) if c.reverse else tensor)
+            owners.append((c.job, c.clip))
         return torch.stack(rows), owners
 
     def _forward(self, model_name: str, chunk: list[ClipJob]) -> None:

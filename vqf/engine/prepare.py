@@ -105,6 +105,8 @@ class PrepareStage:
             with task.lock:
                 task.finished = True
                 if not task.abandoned:
+                    if engine.keep_prepared is not None:
+                        engine.keep_prepared.append((job.item.row, job.prepared))
                     return job
             job.release()
             return None

@@ -49,6 +49,7 @@ class Rank:
             host_bytes=d.memory_budget_gb * GB, device_bytes=d.device_memory_budget_gb * GB
         )
         self.exports = None
+        self.keep_prepared: list | None = None  # (row, Prepared) of each video, when a list
 
     # -- the run -----------------------------------------------------------------------------
     def run(self, *, group=None, local_leader: bool = True) -> dict[str, Any]:

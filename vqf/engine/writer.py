@@ -6,6 +6,7 @@ import json
 import logging
 import queue
 import threading
+import time
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -14,11 +15,13 @@ _STOP = object()
 
 
 class Writer:
-    """Writes records in groups; a group is durable when `sink.write` returns."""
+    """Writes records in groups; a group is durable when `sink.write` returns. A group is
+    written at `flush_rows` records, or once its first record has waited `flush_s`."""
 
-    def __init__(self, sink: Any, *, flush_rows: int, stats: Any):
+    def __init__(self, sink: Any, *, flush_rows: int, stats: Any, flush_s: float = 1.0):
         self.sink = sink
         self.flush_rows = max(1, flush_rows)
+        self.flush_s = flush_s
         self.stats = stats
         self.queue: queue.Queue = queue.Queue(maxsize=4 * self.flush_rows)
         self.error: BaseException | None = None
@@ -40,16 +43,21 @@ class Writer:
     def _loop(self) -> None:
         pending: list[dict[str, str]] = []
         stop = False
+        since = 0.0
         while not stop:
+            wait = max(0.0, since + self.flush_s - time.monotonic()) if pending else None
             try:
-                item = self.queue.get(timeout=0.5 if pending else None)
+                item = self.queue.get(timeout=wait)
             except queue.Empty:
                 item = None
             if item is _STOP:
                 stop = True
             elif item is not None:
+                if not pending:
+                    since = time.monotonic()
                 pending.append(item)
-            if pending and (stop or item is None or len(pending) >= self.flush_rows):
+            due = time.monotonic() - since >= self.flush_s
+            if pending and (stop or due or len(pending) >= self.flush_rows):
                 try:
                     ids = ",".join(str(r.get("video_id", "")) for r in pending)
                     with self.stats.stage("write", items=len(pending), label=ids):

@@ -67,15 +67,8 @@ def _profiled_rank(recipe: Recipe, device: str):
     baseline of exactly these videos."""
     from vqf.engine.rank import Rank
 
-    class ProfiledRank(Rank):
-        def _prepare(self, item):
-            ready = super()._prepare(item)
-            if ready is not None:
-                self.prepared.append((ready.item.row, ready.prepared))
-            return ready
-
-    rank = ProfiledRank(recipe, rank=0, world_size=1, device=device)
-    rank.prepared = []
+    rank = Rank(recipe, rank=0, world_size=1, device=device)
+    rank.keep_prepared = []
     rank.stats.keep_spans = True
     return rank
 
@@ -91,7 +84,7 @@ def _loads(rank) -> list[VideoLoad]:
     filter_reads = [(f.model_name, set(f.reads)) for f in models.filters]
     return [
         video_load(p, backbones=backbones, reads=reads, filter_reads=filter_reads)
-        for _, p in rank.prepared
+        for _, p in rank.keep_prepared
     ]
 
 
@@ -159,7 +152,7 @@ def profile(
     if baseline:
         from vqf.ops.baseline import run_baseline
 
-        base = run_baseline(sample, rows=[row for row, _ in rank.prepared], device=device)
+        base = run_baseline(sample, rows=[row for row, _ in rank.keep_prepared], device=device)
         result["baseline"] = {
             **base,
             "speedup": result["videos_per_s"] / base["videos_per_s"]
