@@ -147,6 +147,32 @@ def wall_seconds(spans: list[Span]) -> float:
     return max(s[3] for s in spans) - min(s[2] for s in spans)
 
 
+def busy_intervals(spans: list[Span], stage: str) -> list[tuple[float, float]]:
+    """The merged time intervals during which any thread was in `stage` (prefix match)."""
+    pieces = sorted((s[2], s[3]) for s in spans if s[0] == stage or s[0].startswith(stage + ":"))
+    merged: list[list[float]] = []
+    for start, end in pieces:
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    return [(a, b) for a, b in merged]
+
+
+def overlap_seconds(spans: list[Span], first: str, second: str) -> float:
+    """Seconds of wall time during which both stages were busy at once."""
+    a, b = busy_intervals(spans, first), busy_intervals(spans, second)
+    total, i, j = 0.0, 0, 0
+    while i < len(a) and j < len(b):
+        lo, hi = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
+        total += max(0.0, hi - lo)
+        if a[i][1] < b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return total
+
+
 def queue_waits(spans: list[Span]) -> dict[str, float]:
     """Mean seconds a video waited between finishing one top-level stage and starting the next."""
     by_video: dict[str, list[tuple[float, float, str]]] = defaultdict(list)

@@ -72,6 +72,11 @@ def iter_frames(
     )
 
 
+def decode_all(path: str | Path, frames: np.ndarray) -> np.ndarray:
+    """All of `frames` in one array (F, H, W, 3), decoding from the start (a reference)."""
+    return np.concatenate(list(iter_frames(path, frames, chunk=max(1, len(frames)))))
+
+
 def seek_frames(
     path: str | Path, frames: np.ndarray, *, pts: np.ndarray, keyframes: np.ndarray
 ) -> tuple[np.ndarray, int]:
