@@ -1,4 +1,9 @@
-"""The writer thread: takes finished records from a queue and makes them durable in the sink."""
+"""The writer thread: takes finished records from a queue and makes them durable in the sink.
+
+`on_written(keys)` is told the keys given to `put` once `sink.write` returned for their
+records (the crash journal's `leave_many`). A sink with a `tick()` (ODPS, whose commit window
+may close by time) has it called about every second while no record arrives.
+"""
 
 from __future__ import annotations
 
@@ -16,19 +21,21 @@ _STOP = object()
 class Writer:
     """Writes records in groups; a group is durable when `sink.write` returns."""
 
-    def __init__(self, sink: Any, *, flush_rows: int, stats: Any):
+    def __init__(self, sink: Any, *, flush_rows: int, stats: Any, on_written=None):
         self.sink = sink
         self.flush_rows = max(1, flush_rows)
         self.stats = stats
+        self.on_written = on_written
+        self._tick = getattr(sink, "tick", None)
         self.queue: queue.Queue = queue.Queue(maxsize=4 * self.flush_rows)
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._loop, name="vqf-writer", daemon=True)
         self._thread.start()
 
-    def put(self, record: dict[str, str]) -> None:
+    def put(self, record: dict[str, str], *, key: str | None = None) -> None:
         if self.error is not None:
             raise RuntimeError(f"the writer stopped: {self.error}") from self.error
-        self.queue.put(record)
+        self.queue.put((record, key))
 
     def drain(self) -> None:
         """Writes what is queued and stops the thread; the sink stays open for its owner."""
@@ -39,27 +46,37 @@ class Writer:
 
     def _loop(self) -> None:
         pending: list[dict[str, str]] = []
+        keys: list[str | None] = []
         stop = False
         while not stop:
+            idle_s = 0.5 if pending else (1.0 if self._tick is not None else None)
             try:
-                item = self.queue.get(timeout=0.5 if pending else None)
+                item = self.queue.get(timeout=idle_s)
             except queue.Empty:
                 item = None
             if item is _STOP:
                 stop = True
             elif item is not None:
-                pending.append(item)
-            if pending and (stop or item is None or len(pending) >= self.flush_rows):
-                try:
-                    ids = ",".join(str(r.get("video_id", "")) for r in pending)
-                    with self.stats.stage("write", items=len(pending), label=ids):
-                        self.sink.write(pending)
-                except BaseException as e:  # keep it for the rank to raise; rows stay unwritten
-                    self.error = e
-                    log.error("output write failed: %s", e)
-                    return
-                self.stats.add("rows_written", len(pending))
-                for record in pending:
-                    if json.loads(record["result_info"]).get("succeed") == "true":
-                        self.stats.add("succeeded")
-                pending = []
+                pending.append(item[0])
+                keys.append(item[1])
+            try:
+                if pending and (stop or item is None or len(pending) >= self.flush_rows):
+                    self._write(pending, keys)
+                    pending, keys = [], []
+                elif item is None and self._tick is not None:
+                    self._tick()
+            except BaseException as e:  # keep it for the rank to raise; rows stay unwritten
+                self.error = e
+                log.error("output write failed: %s", e)
+                return
+
+    def _write(self, pending: list[dict[str, str]], keys: list[str | None]) -> None:
+        ids = ",".join(str(r.get("video_id", "")) for r in pending)
+        with self.stats.stage("write", items=len(pending), label=ids):
+            self.sink.write(pending)
+        self.stats.add("rows_written", len(pending))
+        for record in pending:
+            if json.loads(record["result_info"]).get("succeed") == "true":
+                self.stats.add("succeeded")
+        if self.on_written is not None:
+            self.on_written(keys)
