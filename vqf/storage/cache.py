@@ -11,7 +11,7 @@ import weakref
 from collections.abc import Callable
 from pathlib import Path
 
-from vqf.errors import ErrorType, Stage, VideoError
+from vqf.errors import ConfigError, ErrorType, Stage, VideoError
 from vqf.storage.base import Located, too_large
 
 
@@ -128,6 +128,20 @@ class Cache:
                 self.give_back(held)
 
         return Located(path=path, size=size, temporary=True, release=release)
+
+
+def node_share(budget_bytes: int, *, env=None) -> int:
+    """This rank's part of a node's download budget: the ranks of a node share its disk, so
+    each takes budget / LOCAL_WORLD_SIZE (set by torchrun and by `vqf run --gpus N`)."""
+    env = os.environ if env is None else env
+    text = env.get("LOCAL_WORLD_SIZE", "1")
+    try:
+        ranks = int(text)
+    except ValueError:
+        raise ConfigError(f"LOCAL_WORLD_SIZE = {text!r} is not a whole number") from None
+    if ranks < 1:
+        raise ConfigError(f"LOCAL_WORLD_SIZE = {ranks} must be at least 1")
+    return int(budget_bytes) // ranks
 
 
 def remove_orphans(directory: Path) -> list[Path]:
