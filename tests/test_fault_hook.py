@@ -99,3 +99,26 @@ def test_kill_and_abort_end_the_process_by_that_signal(kind, sig):
     )
     assert result.returncode == -sig
     assert "survived" not in result.stdout
+
+
+def test_vqf_run_refuses_a_bad_value_before_any_video(tmp_path):
+    env = dict(os.environ, VQF_FAULT="decode:v1:explode", PYTHONPATH=str(ROOT))
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vqf",
+            "run",
+            str(ROOT / "pipelines" / "demo.yaml"),
+            "--outputs",
+            str(tmp_path / "out"),
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "unknown kind 'explode'" in result.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "runs").exists()
