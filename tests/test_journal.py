@@ -149,7 +149,12 @@ def test_the_journal_lives_beside_local_outputs_or_in_state_dir(tmp_path):
         journal_path(odps, 0)
     assert "engine.state_dir=" in info.value.hint
     stated = replace(odps, engine=EngineConfig(state_dir=str(tmp_path / "state")))
-    assert journal_path(stated, 1) == tmp_path / "state" / ".vqf-journal" / "rank-00001.jsonl"
+    path = journal_path(stated, 1)
+    assert path.name == "rank-00001.jsonl"
+    assert path.parent.parent == tmp_path / "state" / ".vqf-journal"
+    other_day = replace(stated, outputs="odps://proj/results/ds=2")
+    assert journal_path(other_day, 1).parent != path.parent  # jobs keep their own journals
+    assert journal_path(stated, 1) == path
 
 
 class ListSink:

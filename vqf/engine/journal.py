@@ -42,6 +42,7 @@ process died before its `leave`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -75,11 +76,14 @@ def row_key(*, index: int, video_id: str) -> str:
 
 
 def journal_path(recipe: Recipe, rank: int) -> Path:
-    """Where rank's journal lives: engine.state_dir, else beside local outputs. Outputs in
-    ODPS have no local folder, so they need engine.state_dir."""
+    """Where rank's journal lives: beside local outputs, or under engine.state_dir in a
+    folder of the job's own (named by its input and output tables, so jobs sharing a
+    state_dir never read each other's crashes). Outputs in ODPS have no local folder, so
+    they need engine.state_dir."""
     name = f"rank-{rank:05d}.jsonl"
     if recipe.engine.state_dir:
-        return Path(recipe.engine.state_dir).expanduser() / JOURNAL_DIR / name
+        job = hashlib.sha256(f"{recipe.tables}\n{recipe.outputs}".encode()).hexdigest()[:12]
+        return Path(recipe.engine.state_dir).expanduser() / JOURNAL_DIR / job / name
     outputs = recipe.outputs
     if outputs.lower().startswith("odps://"):
         raise ConfigError(
