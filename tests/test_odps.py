@@ -16,10 +16,12 @@ import pytest
 from odps.models import Column, Partition, Record, TableSchema
 from odps.tunnel.tabletunnel import TableDownloadSession, TableTunnel, TableUploadSession
 
+from vqf.config import OdpsSinkConfig, SinksConfig
+from vqf.engine.work import select_work
 from vqf.errors import TableError
 from vqf.schema import INPUT_COLUMNS, OUTPUT_COLUMNS
 from vqf.tables import open_sink, open_source, shard_range
-from vqf.tables.odps_table import BLOCK_ID_LIMIT, client_from_env
+from vqf.tables.odps_table import BLOCK_ID_LIMIT, OdpsSink, client_from_env
 
 
 def checked(real, *args, **kwargs):
@@ -53,6 +55,7 @@ class FakeOdps:
         self.downloads: dict[str, FakeDownload] = {}
         self.created: list[tuple[str, str, str | None]] = []  # (kind, table, partition)
         self.fail_block_once: set[int] = set()
+        self.lose_commit_reply_once = False
         self._ids = itertools.count()
 
     def add_table(self, project, name, table_schema):
@@ -129,6 +132,7 @@ class FakeUpload:
         self.blocks: dict[int, list[Record]] = {}
         self.opened: list[int] = []
         self.commits: list[list[int]] = []
+        self.status = TableUploadSession.Status.Normal
 
     def new_record(self, values=None):
         checked(TableUploadSession.new_record, values)
@@ -143,13 +147,22 @@ class FakeUpload:
     def get_block_list(self):
         return list(self.blocks)
 
+    def reload(self):
+        checked(TableUploadSession.reload)
+
     def commit(self, blocks):
         checked(TableUploadSession.commit, blocks)
+        if self.status is not TableUploadSession.Status.Normal:  # a session commits once
+            raise RuntimeError(f"session {self.id} is {self.status.value}")
         if sorted(blocks) != sorted(self.blocks):  # what the real service refuses
             raise RuntimeError(f"blocks {blocks} do not match the server's {list(self.blocks)}")
         self.commits.append(list(blocks))
         rows = [r for b in sorted(blocks) for r in self.blocks[b]]
         self.table.data.setdefault(self.spec, []).extend(rows)
+        self.status = TableUploadSession.Status.Closed
+        if self.server.lose_commit_reply_once:
+            self.server.lose_commit_reply_once = False
+            raise ConnectionError("connection reset by peer (after the commit went in)")
 
 
 class FakeWriter:
@@ -227,30 +240,133 @@ def test_ranks_read_their_slices_of_one_shared_session(server):
     assert list(first.read(start=10, count=5)) == []
 
 
-def test_ranks_write_blocks_rank_zero_commits_them_all(server):
+def committed_ids(table, spec="ds=20240101") -> list[str]:
+    return [r["video_id"] for r in table.data.get(spec, [])]
+
+
+def test_each_rank_commits_its_own_windows_as_it_goes(server):
     table = server.add_table("proj", "results", schema(OUTPUT_COLUMNS))
     uri = "odps://proj/results/ds=20240101"
-    rank0 = open_sink(uri, rank=0, world_size=2, odps_client=server)
-    rank1 = open_sink(uri, rank=1, world_size=2, odps_client=server, session_id=rank0.session_id)
-    rank0.block_rows = rank1.block_rows = 3
+    sinks = SinksConfig(odps=OdpsSinkConfig(commit_every_rows=4, block_rows=3))
+    rank0 = open_sink(uri, rank=0, world_size=2, odps_client=server, sinks=sinks)
+    rank1 = open_sink(uri, rank=1, world_size=2, odps_client=server, sinks=sinks)
     rank0.write([out_row(i) for i in range(2)])
-    rank0.write([out_row(i) for i in range(2, 4)])
-    rank1.write([out_row(i) for i in range(10, 15)])
-    session = server.uploads[rank0.session_id]
-    assert session.opened == [0, 10000]  # full blocks go up as they fill
-    assert session.commits == []
-    rank1.close()  # rank 1 never commits
-    assert session.commits == []
-    rank0.close()  # after the others: commits every block on the server
-    assert session.opened == [0, 10000, 10001, 1]
-    assert session.commits == [[0, 1, 10000, 10001]]
-    assert server.created == [("upload", "results", "ds=20240101")]
+    assert committed_ids(table) == [] and server.uploads == {}  # no block of 3 is full yet
+    rank0.write([out_row(i) for i in range(2, 4)])  # the window is full: committed now
+    assert committed_ids(table) == ["v0", "v1", "v2", "v3"]
+    rank1.write([out_row(i) for i in range(10, 15)])  # one window of 4, one row open
+    assert committed_ids(table)[4:] == ["v10", "v11", "v12", "v13"]
+    rank1.close()
+    rank0.close()  # nothing left in rank 0's window: no session, no commit
+    assert committed_ids(table)[8:] == ["v14"]
+    sessions = list(server.uploads.values())
+    assert [s.opened for s in sessions] == [[0, 1], [0, 1], [0]]  # ids per window: 0, 1, ...
+    assert [s.commits for s in sessions] == [[[0, 1]], [[0, 1]], [[0]]]
+    assert server.created == [("upload", "results", "ds=20240101")] * 3
     rows = table.data["ds=20240101"]
-    assert sorted(r["video_id"] for r in rows) == sorted(
-        [f"v{i}" for i in range(4)] + [f"v{i}" for i in range(10, 15)]
-    )
     assert all(isinstance(v, str) for r in rows for v in r.values[: len(OUTPUT_COLUMNS)])
     assert json.loads(rows[0]["info"]) == {"vfx": {"label": "normal"}}
+
+
+def test_a_window_also_closes_by_time(server):
+    table = server.add_table("proj", "results", schema(OUTPUT_COLUMNS))
+    now = [0.0]
+    sink = OdpsSink(
+        "odps://proj/results/ds=20240101",
+        rank=0,
+        world_size=1,
+        client=server,
+        columns=OUTPUT_COLUMNS,
+        commit_every_rows=1000,
+        commit_every_s=10.0,
+        clock=lambda: now[0],
+    )
+    sink.write([out_row(0)])
+    now[0] = 9.0
+    sink.tick()
+    assert committed_ids(table) == []
+    now[0] = 10.5
+    sink.tick()  # what the writer calls while no rows come
+    assert committed_ids(table) == ["v0"]
+    now[0] = 20.0
+    sink.write([out_row(1)])  # a new window starts at its first row
+    now[0] = 29.0
+    sink.write([out_row(2)])
+    assert committed_ids(table) == ["v0"]
+    now[0] = 30.0
+    sink.write([out_row(3)])  # checked on every write too
+    assert committed_ids(table) == ["v0", "v1", "v2", "v3"]
+    assert sink.windows_committed == 2 and sink.rows_committed == 4
+
+
+def input_rows(n):
+    return [
+        {"video_id": f"v{i}", "oss_bucket": "b", "video_path": f"{i}.mp4", "info": "{}"}
+        for i in range(n)
+    ]
+
+
+def run_rows(server, rows, *, crash_after=None, **options):
+    """What a rank does with its sink: skip what the table holds, write the rest one row at a
+    time. `crash_after` rows in, the process dies (no close). Returns the sink."""
+    sink = OdpsSink(
+        "odps://proj/results/ds=20240101",
+        rank=0,
+        world_size=1,
+        client=server,
+        columns=OUTPUT_COLUMNS,
+        **options,
+    )
+    work = select_work(rows, start=0, done=sink.done_counts())
+    for n, item in enumerate(work):
+        if n == crash_after:
+            return sink
+        sink.write([out_row(int(item.video_id[1:]))])
+    sink.close()
+    return sink
+
+
+def test_a_crash_between_write_and_commit_loses_that_window_and_the_rerun_writes_it_once(
+    server,
+):
+    table = server.add_table("proj", "results", schema(OUTPUT_COLUMNS))
+    rows = input_rows(10)
+    run_rows(server, rows, crash_after=6, commit_every_rows=4, block_rows=1)
+    assert committed_ids(table) == ["v0", "v1", "v2", "v3"]
+    unfinished = list(server.uploads.values())[-1]
+    assert sorted(unfinished.blocks) == [0, 1] and unfinished.commits == []  # uploaded only
+    rerun = run_rows(server, rows, commit_every_rows=4, block_rows=1)
+    assert rerun.rows_committed == 6
+    assert committed_ids(table) == [f"v{i}" for i in range(10)]
+
+
+def test_a_crash_right_after_a_commit_makes_the_rerun_write_nothing_twice(server):
+    table = server.add_table("proj", "results", schema(OUTPUT_COLUMNS))
+    rows = input_rows(10)
+    run_rows(server, rows, crash_after=8, commit_every_rows=4)
+    assert committed_ids(table) == [f"v{i}" for i in range(8)]
+    rerun = run_rows(server, rows, commit_every_rows=4)
+    assert rerun.rows_committed == 2
+    assert committed_ids(table) == [f"v{i}" for i in range(10)]
+    again = run_rows(server, rows, commit_every_rows=4)
+    assert again.rows_committed == 0 and len(server.uploads) == 3  # no session opened
+
+
+def test_a_commit_whose_reply_is_lost_is_not_committed_twice(server):
+    table = server.add_table("proj", "results", schema(OUTPUT_COLUMNS))
+    server.lose_commit_reply_once = True
+    run_rows(server, input_rows(6), commit_every_rows=4)
+    assert committed_ids(table) == [f"v{i}" for i in range(6)]
+    assert [len(s.commits) for s in server.uploads.values()] == [1, 1]
+
+
+def test_window_options_are_checked(server):
+    server.add_table("proj", "results", schema(OUTPUT_COLUMNS))
+    with pytest.raises(TableError, match="commit_every_s = 0"):
+        run_rows(server, [], commit_every_s=0)
+    with pytest.raises(TableError, match="more than the tunnel's 20000 blocks") as info:
+        run_rows(server, [], commit_every_rows=20001, block_rows=1)
+    assert "sinks.odps.block_rows" in info.value.hint
 
 
 def test_a_retried_block_overwrites_instead_of_duplicating(server):
@@ -259,7 +375,7 @@ def test_a_retried_block_overwrites_instead_of_duplicating(server):
     with_sink = open_sink("odps://proj/results", rank=0, world_size=1, odps_client=server)
     with_sink.write([out_row(i) for i in range(5)])
     with_sink.close()
-    session = server.uploads[with_sink.session_id]
+    (session,) = server.uploads.values()
     assert session.opened == [0, 0]  # the failed block went up again under its own id
     assert [r["video_id"] for r in table.data[None]] == [f"v{i}" for i in range(5)]
 

@@ -152,6 +152,9 @@ def resolved_config_path(recipe: Recipe) -> Path:
 
 def cmd_run(args: argparse.Namespace) -> int:
     recipe = load_from_args(args)
+    from vqf.faults import active_faults
+
+    active_faults()  # a bad VQF_FAULT stops the run here, before any video
     from vqf.ops.demo import prepare_demo
 
     prepare_demo(recipe)

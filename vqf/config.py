@@ -56,6 +56,7 @@ class StorageConfig:
     max_video_mb: float = 4096.0
     http_timeout_s: float = 120.0
     http_retries: int = 3
+    timeout_s: float = 600.0  # one video's fetch, every tier included; past it: TIMEOUT row
     tiers: tuple[str, ...] = ("cpfs", "alluxio", "oss", "local", "http")
 
 
@@ -173,6 +174,29 @@ class EngineConfig:
     writer_flush_rows: int = 16
     max_rows: int = 0
     progress_every_s: float = 10.0
+    # the crash journal: a local folder (required when outputs are odps://); "" = next to
+    # local outputs. A video the process died in max_attempts times gets a `crashed` row.
+    state_dir: str = ""
+    max_attempts: int = 2
+    # the process group's own timeout, for the few blocking collective calls left; waits for
+    # peers (barriers, shared values) poll the store with no deadline and heartbeats instead
+    dist_timeout_s: float = 300.0
+
+
+@dataclass(frozen=True)
+class OdpsSinkConfig:
+    """Each rank commits its rows in windows, so a crash loses at most one window."""
+
+    commit_every_rows: int = 10000
+    commit_every_s: float = 600.0
+    block_rows: int = 10000
+
+
+@dataclass(frozen=True)
+class SinksConfig:
+    """Options of the output table formats."""
+
+    odps: OdpsSinkConfig = field(default_factory=OdpsSinkConfig)
 
 
 @dataclass(frozen=True)
@@ -194,6 +218,7 @@ class Recipe:
     models: dict[str, ModelConfig] = field(default_factory=dict)
     filters: dict[str, FilterConfig] = field(default_factory=dict)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    sinks: SinksConfig = field(default_factory=SinksConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
 
 
@@ -367,6 +392,17 @@ def _check_references(recipe: Recipe) -> None:
         raise ConfigError("sampling.whole_frames and sampling.window_frames must be at least 1")
     if recipe.sampling.stride_s <= 0 or recipe.sampling.window_s <= 0:
         raise ConfigError("sampling.window_s and sampling.stride_s must be positive")
+    positive = {
+        "engine.max_attempts": recipe.engine.max_attempts,
+        "engine.dist_timeout_s": recipe.engine.dist_timeout_s,
+        "storage.timeout_s": recipe.storage.timeout_s,
+        "sinks.odps.commit_every_rows": recipe.sinks.odps.commit_every_rows,
+        "sinks.odps.commit_every_s": recipe.sinks.odps.commit_every_s,
+        "sinks.odps.block_rows": recipe.sinks.odps.block_rows,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{key} = {value!r} must be positive")
 
 
 def resolved_dict(recipe: Recipe) -> dict[str, Any]:

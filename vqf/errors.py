@@ -27,6 +27,7 @@ class ErrorType(str, Enum):
     DECODE_FAILED = "decode_failed"
     MODEL_FAILED = "model_failed"
     OUT_OF_MEMORY = "out_of_memory"
+    CRASHED = "crashed"  # the process died in this video engine.max_attempts times
     INTERNAL = "internal"
 
 

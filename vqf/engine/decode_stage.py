@@ -131,6 +131,7 @@ class _Lane:
         measures = engine.frame_measures(prepared)
         counter = {"decoded": 0}
         try:
+            engine.entering([job], "decode")
             chunks = self.plane.stream(prepared, roi=job.roi, counter=counter)
             while True:
                 engine.budget.wait_room(engine.pool, alive=self._wanted(job))

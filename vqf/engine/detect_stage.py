@@ -54,10 +54,13 @@ class DetectStage:
 
     def _frames(self, job: VideoJob):
         plane = self.plane
+
+        def frames():
+            self.engine.entering([job], "detect")
+            return plane.detect_frames(job.prepared)
+
         try:
-            return call_with_deadline(
-                lambda: plane.detect_frames(job.prepared), seconds=self.timeout_s, name="vqf-detect"
-            )
+            return call_with_deadline(frames, seconds=self.timeout_s, name="vqf-detect")
         except TimeoutError:
             self.engine.stats.add("decode_timeouts")
             self.plane = self.engine.new_plane()  # the stuck thread keeps the old one

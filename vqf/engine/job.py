@@ -40,6 +40,13 @@ class VideoJob:
     def video_id(self) -> str:
         return self.item.video_id
 
+    @property
+    def key(self) -> str:
+        """The row's key in the crash journal."""
+        from vqf.engine.journal import row_key
+
+        return row_key(index=self.item.index, video_id=self.item.video_id)
+
     def release(self) -> None:
         """Gives the fetched file back to the cache (once; safe from any thread)."""
         with self.lock:

@@ -2,8 +2,10 @@
 
 One rank per GPU. Under torchrun, RANK / WORLD_SIZE / LOCAL_RANK come from its environment;
 `vqf run --gpus N` spawns N ranks on this machine itself; with neither, one rank. Ranks meet in
-a torch.distributed process group (gloo on CPU, NCCL never needed: only the store and
-barriers are used), so progress reaches rank 0 through the store.
+a torch.distributed process group (gloo on CPU, NCCL never needed: only its store is used),
+so progress reaches rank 0 through the store. Barriers and shared values poll that store with
+no deadline, and a dead peer is noticed by its heartbeat (vqf/engine/sync.py): shards may
+finish hours apart, far beyond the process group's own timeout (`engine.dist_timeout_s`).
 """
 
 from __future__ import annotations
@@ -87,6 +89,9 @@ def run_job(recipe: Recipe, *, ranks: int = 1, status=None) -> list[dict[str, An
 def _spawned(spec: RankSpec, recipe: Recipe, results, status) -> None:
     from vqf.cli import configure_logging
 
+    # what torchrun would set: ranks of one node share its disk (the cache budget)
+    os.environ.setdefault("LOCAL_RANK", str(spec.local_rank))
+    os.environ.setdefault("LOCAL_WORLD_SIZE", str(spec.world_size))
     configure_logging()
     results[spec.rank] = _rank_main(spec, recipe, status)
 
@@ -95,9 +100,19 @@ def _rank_main(spec: RankSpec, recipe: Recipe, status) -> dict[str, Any]:
     from vqf.engine.rank import Rank
 
     device = pick_device(recipe, spec.local_rank)
-    group = _ProgressGroup(spec) if spec.world_size > 1 else None
+    every_s = recipe.engine.progress_every_s
+    group = (
+        _ProgressGroup(
+            spec,
+            timeout_s=recipe.engine.dist_timeout_s,
+            heartbeat_s=min(every_s, 10.0),
+            dead_after_s=max(30.0, 10 * every_s),
+        )
+        if spec.world_size > 1
+        else None
+    )
     rank = Rank(recipe, rank=spec.rank, world_size=spec.world_size, device=device)
-    reporter = _Reporter(rank.stats, group, status, every_s=recipe.engine.progress_every_s)
+    reporter = _Reporter(rank.stats, group, status, every_s=every_s)
     reporter.start()
     try:
         snap = rank.run(group=group, local_leader=spec.local_rank == 0)
@@ -105,7 +120,7 @@ def _rank_main(spec: RankSpec, recipe: Recipe, status) -> dict[str, Any]:
         reporter.stop()
     if group is not None:
         group.publish(snap, final=True)
-        group.barrier()
+        group.barrier("the end of the job")
         if spec.rank == 0 and status is not None:
             status(group.collect(), final=True)
         group.close()
@@ -115,18 +130,44 @@ def _rank_main(spec: RankSpec, recipe: Recipe, status) -> dict[str, Any]:
 
 
 class _ProgressGroup:
-    """The ranks' meeting point: a gloo process group, its store for progress, and barriers."""
+    """The ranks' meeting point: a gloo process group whose store carries progress, shared
+    values and barriers (StoreSync: no deadline, heartbeats notice a dead peer).
 
-    def __init__(self, spec: RankSpec):
+    `timeout_s` is the process group's own timeout; nothing here waits on a collective."""
+
+    def __init__(
+        self,
+        spec: RankSpec,
+        *,
+        timeout_s: float = 300.0,
+        heartbeat_s: float = 5.0,
+        dead_after_s: float = 60.0,
+    ):
+        from datetime import timedelta
+
         import torch.distributed as dist
+
+        from vqf.engine.sync import StoreSync
 
         self.spec = spec
         if not dist.is_initialized():
-            dist.init_process_group("gloo", rank=spec.rank, world_size=spec.world_size)
+            dist.init_process_group(
+                "gloo",
+                rank=spec.rank,
+                world_size=spec.world_size,
+                timeout=timedelta(seconds=timeout_s),
+            )
         self.dist = dist
         from torch.distributed.distributed_c10d import _get_default_store
 
         self.store = _get_default_store()
+        self.sync = StoreSync(
+            self.store,
+            rank=spec.rank,
+            world_size=spec.world_size,
+            heartbeat_s=heartbeat_s,
+            dead_after_s=dead_after_s,
+        ).start()
 
     def publish(self, snap: dict[str, Any], *, final: bool = False) -> None:
         import json
@@ -146,17 +187,14 @@ class _ProgressGroup:
 
     def share(self, key: str, make) -> str:
         """Rank 0 computes `make()` and publishes it; every other rank waits for it."""
-        key = f"vqf/shared/{key}"
-        if self.spec.rank == 0:
-            value = make() or ""
-            self.store.set(key, value)
-            return value
-        return self.store.get(key).decode()
+        return self.sync.share(key, make)
 
-    def barrier(self) -> None:
-        self.dist.barrier()
+    def barrier(self, name: str = "barrier") -> None:
+        """Every rank meets here, however far apart they arrive (no deadline)."""
+        self.sync.barrier(name)
 
     def close(self) -> None:
+        self.sync.close()  # rank 0, which may host the store, leaves last
         self.dist.destroy_process_group()
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
@@ -59,9 +60,14 @@ class ModelStage:
         self.kinds = {k for f in filters for k in f.reads}
         self.inbox: queue.Queue = queue.Queue(maxsize=max(1, depth))
         self.flush_s = 0.05
-        self.thread = threading.Thread(target=self._loop, name="vqf-models", daemon=True)
+        self.pending: dict[tuple[str, int], list[ClipJob]] = defaultdict(list)
+        self.finished = threading.Event()
+        self.replaced = 0
         self._stream = None
-        self.busy = False
+        self._lock = threading.Lock()
+        self._generation = 0
+        self._current: list[ClipJob] | None = None
+        self._busy_since: float | None = None
 
     # -- input, from the decode lanes ---------------------------------------------------------
     def models_for(self, kind: str) -> list[str]:
@@ -96,30 +102,41 @@ class ModelStage:
 
     # -- the loop -----------------------------------------------------------------------------
     def start(self) -> None:
-        self.thread.start()
+        with self._lock:
+            generation = self._generation
+        threading.Thread(
+            target=self._loop, args=(generation,), name="vqf-models", daemon=True
+        ).start()
 
-    def _loop(self) -> None:
-        pending: dict[tuple[str, int], list[ClipJob]] = defaultdict(list)
-        while True:
+    def _alive(self, generation: int) -> bool:
+        return generation == self._generation
+
+    def _loop(self, generation: int) -> None:
+        pending = self.pending
+        while self._alive(generation):
             try:
                 item = self.inbox.get(timeout=self.flush_s)
             except queue.Empty:
                 item = None
             if item is END:
-                break
+                for key in list(pending):
+                    if self._alive(generation):
+                        self._run(pending.pop(key), generation)
+                if self._alive(generation):
+                    self.finished.set()
+                return
             if item is not None:
                 key = (item.model, int(item.piece.tensor.shape[0]))
                 pending[key].append(item)
                 if len(pending[key]) >= self.batch_sizes.get(item.model, 8):
-                    self._run(pending.pop(key))
+                    self._run(pending.pop(key), generation)
                 continue
             if pending:  # nothing arrived for a moment: run the fullest batch
-                self._run(pending.pop(max(pending, key=lambda k: len(pending[k]))))
-        for batch in pending.values():
-            self._run(batch)
+                self._run(pending.pop(max(pending, key=lambda k: len(pending[k]))), generation)
 
-    def _run(self, batch: list[ClipJob]) -> None:
-        self.busy = True
+    def _run(self, batch: list[ClipJob], generation: int) -> None:
+        with self._lock:
+            self._current, self._busy_since = batch, time.monotonic()
         try:
             live = [c for c in batch if not c.job.closed]
             label = ",".join(sorted({c.job.video_id for c in live}))
@@ -127,9 +144,39 @@ class ModelStage:
                 with self.stats.stage("model", items=len(live), label=label):
                     self._run_chunk(live[0].model, live)
         finally:
-            for c in batch:
-                self._done(c)
-            self.busy = False
+            with self._lock:
+                abandoned = not self._alive(generation)
+                if not abandoned:
+                    self._current, self._busy_since = None, None
+            if not abandoned:  # else the watchdog settled this batch
+                for c in batch:
+                    self._done(c)
+
+    def watch(self, *, timeout_s: float) -> None:
+        """A batch running past `timeout_s` (a hung kernel, a stuck driver call): its videos
+        get TIMEOUT rows and a fresh thread takes over the queue and the waiting batches."""
+        with self._lock:
+            if self._busy_since is None or time.monotonic() - self._busy_since <= timeout_s:
+                return
+            batch, self._current, self._busy_since = self._current, None, None
+            self._generation += 1
+        self.stats.add("model_timeouts")
+        self.replaced += 1
+        for job in {id(c.job): c.job for c in batch}.values():
+            log.error("the models made no progress on %s for %.0f s", job.video_id, timeout_s)
+            self.engine.fail(
+                job,
+                VideoError(
+                    ErrorType.TIMEOUT,
+                    f"the model stage made no progress on {job.video_id} for "
+                    f"decode.timeout_s = {timeout_s:g}s",
+                    stage=Stage.MODEL,
+                    hint="raise decode.timeout_s, or check the GPU and its driver",
+                ),
+            )
+        for c in batch:
+            self._done(c)
+        self.start()
 
     def _done(self, c: ClipJob) -> None:
         c.left[0] -= 1
@@ -201,6 +248,7 @@ class ModelStage:
     def _forward(self, model_name: str, chunk: list[ClipJob]) -> None:
         import torch
 
+        self.engine.entering({id(c.job): c.job for c in chunk}.values(), "model")
         backbone = self.bank.backbone(model_name)
         with self._on_stream(backbone):
             clips, owners = self._clips(chunk)

@@ -97,9 +97,11 @@ class PrepareStage:
         job, engine = task.job, self.engine
         job.started, job.start_time = task.started, task.start_time
         try:
+            engine.journal.enter(job.video_id, job.key, "fetch")  # the fetcher runs its hook
             with engine.stats.stage("fetch", label=job.video_id):
                 job.fetched = engine.fetcher.fetch(job.item.row)
             task.probe_started = time.monotonic()
+            engine.entering([job], "probe")
             with engine.stats.stage("probe", label=job.video_id):
                 job.prepared = engine.probe_plane.prepare(job.fetched.path, uri=job.fetched.uri)
             with task.lock:

@@ -54,49 +54,81 @@ class Rank:
     # -- the run -----------------------------------------------------------------------------
     def run(self, *, group=None, local_leader: bool = True) -> dict[str, Any]:
         """Processes the slice; returns the rank's final snapshot."""
+        from vqf.engine.journal import Journal, journal_path
         from vqf.engine.tables import open_tables
 
         sink, work = open_tables(
             self.recipe, rank=self.rank, world_size=self.world_size, stats=self.stats, group=group
         )
-        writer = Writer(sink, flush_rows=self.recipe.engine.writer_flush_rows, stats=self.stats)
+        journal = Journal(
+            journal_path(self.recipe, self.rank), max_attempts=self.recipe.engine.max_attempts
+        )
+        self.journal = journal
+        writer = Writer(
+            sink,
+            flush_rows=self.recipe.engine.writer_flush_rows,
+            stats=self.stats,
+            on_written=journal.leave_many,
+        )
         self.stats.queues["write"] = writer.queue
         self.recorder = Recorder(
             writer, recipe=self.recipe, device=self.device_info, stats=self.stats,
-            device_name=self.device,
+            device_name=self.device, journal=journal,
         )  # fmt: skip
         self.recorder.owe(work)
+        clean = False
         try:
-            todo = [w for w in work if w.error is None]
-            for item in work:
-                if item.error is not None:
-                    self.recorder.fail(item, item.error)
-            if group is not None or todo:  # every rank reaches the checkpoint barrier
+            todo, suspects = self._sort_out(work, journal)
+            if group is not None or todo or suspects:  # every rank reaches the checkpoints
                 self._build(group=group, local_leader=local_leader)
+            for item in suspects:  # each alone: a crash counts against its own video only
+                self._stream([item], alone=True)
             if todo:
                 self._stream(todo)
+            clean = True
         finally:
             if self.exports is not None:
                 self.exports.close()
-            self.recorder.close()
+            if clean:
+                self.recorder.close()
             writer.drain()
-        # rank 0 closes last: for ODPS its close commits the blocks every rank wrote
-        if group is not None and self.rank == 0:
-            group.barrier()
         sink.close()
-        if group is not None and self.rank != 0:
-            group.barrier()
+        journal.close(clean=True)
         snap = self.stats.snapshot()
         snap["storage"] = self.fetcher.stats() if hasattr(self, "fetcher") else {}
         return snap
 
-    def _stream(self, todo: list) -> None:
+    def _sort_out(self, work: list, journal) -> tuple[list, list]:
+        """(rows to judge, rows a crash interrupted before); bad rows and videos that killed
+        the process engine.max_attempts times get their failure rows here."""
+        from vqf.engine.journal import crash_error, row_key
+
+        todo, suspects = [], []
+        crashed = journal.crashed()
+        for item in work:
+            if item.error is not None:
+                self.recorder.fail(item, item.error)
+                continue
+            key = row_key(index=item.index, video_id=item.video_id)
+            if journal.quarantined(key) is not None:
+                self.stats.add("crash_quarantined")
+                error = crash_error(crashed[key], max_attempts=journal.max_attempts)
+                self.recorder.fail(item, error)
+            elif key in crashed:
+                self.stats.add("crash_retried")
+                suspects.append(item)
+            else:
+                todo.append(item)
+        return todo, suspects
+
+    def _stream(self, todo: list, *, alone: bool = False) -> None:
         """prepare ─► detect ─► decode ─► models, each on its own threads, until all drain."""
         from vqf.engine.decode_stage import DecodeStage
         from vqf.engine.detect_stage import DetectStage
         from vqf.engine.prepare import PrepareStage
 
         d = self.recipe.decode
+        self.models = self._model_stage()
         to_decode: queue.Queue = queue.Queue(maxsize=max(1, d.prefetch))
         stages: list = []
         if self.detectors:
@@ -108,21 +140,20 @@ class Rank:
             self.stats.queues["detect"] = to_detect
         else:
             stages.append(PrepareStage(self, items=todo, outbox=to_decode))
-        decode = DecodeStage(self, inbox=to_decode, lanes=self.lanes)
+        decode = DecodeStage(self, inbox=to_decode, lanes=1 if alone else self.lanes)
         self.stats.queues["decode"] = to_decode
         self.stats.queues["clips"] = self.models.inbox
         self.stats.probes["frames_in_flight"] = self.budget.snapshot
         for stage in (*stages, decode, self.models):
             stage.start()
-        while self.models.thread.is_alive():
-            self.models.thread.join(timeout=0.5)
+        while not self.models.finished.wait(0.5):
             decode.watch(timeout_s=d.timeout_s)
+            self.models.watch(timeout_s=d.timeout_s)
         self.stats.add("decode_lanes_replaced", decode.replaced)
 
     # -- set-up ------------------------------------------------------------------------------
     def _build(self, *, group=None, local_leader: bool = True) -> None:
         from vqf.engine.checkpoints import localize
-        from vqf.engine.models_stage import ModelStage
         from vqf.filters import build_filters
         from vqf.models.bank import ModelBank
         from vqf.storage import Fetcher
@@ -146,15 +177,11 @@ class Rank:
         self.frame_filters = [f for f in filters if "frames" in f.reads]
         learned = [f for f in filters if f not in self.detectors and f not in self.frame_filters]
         cap = self.recipe.engine.clip_batch
-        sizes = {name: max(1, min(cap, m.batch_size)) for name, m in self.recipe.models.items()}
+        self.batch_sizes = {
+            name: max(1, min(cap, m.batch_size)) for name, m in self.recipe.models.items()
+        }
+        self.learned = learned
         self.lanes = self.recipe.decode.pipelines or (8 if self.pool == "device" else 2)
-        self.models = ModelStage(
-            self,
-            filters=learned,
-            bank=self.bank,
-            batch_sizes=sizes,
-            depth=4 * max(sizes.values(), default=8),
-        )
         rules_of(self.recipe)  # a malformed threshold fails here, before any video
         random = set(self.bank.random_models) | set(getattr(self.bank, "random_heads", ()))
         if random:
@@ -165,6 +192,14 @@ class Rank:
             )
         self._build_exports()
 
+    def _model_stage(self):
+        from vqf.engine.models_stage import ModelStage
+
+        depth = 4 * max(self.batch_sizes.values(), default=8)
+        return ModelStage(
+            self, filters=self.learned, bank=self.bank, batch_sizes=self.batch_sizes, depth=depth
+        )
+
     def _build_exports(self) -> None:
         spec = self.recipe.filters.get("abnormal_region")
         if spec is None or not spec.enable or not spec.export.enable:
@@ -174,6 +209,16 @@ class Rank:
         self.exports = ExportPool(spec.export, storage=self.recipe.storage, stats=self.stats)
 
     # -- what the stages call ----------------------------------------------------------------
+    def entering(self, jobs, stage: str) -> None:
+        """Journals that `jobs` enter `stage` (a crash now counts against them), then runs the
+        fault hook (VQF_FAULT) for each; an injected fault raises here."""
+        from vqf.faults import fault_point
+
+        jobs = list(jobs)
+        self.journal.enter_many([(j.video_id, j.key) for j in jobs], stage)
+        for job in jobs:
+            fault_point(stage, job.video_id)
+
     def new_plane(self):
         """A video plane of one's own (a stage thread's DALI pipelines)."""
         from vqf.video import VideoPlane

@@ -16,7 +16,7 @@ from typing import Any
 
 from vqf.config import Recipe
 from vqf.decide import decide
-from vqf.engine.job import VideoJob
+from vqf.engine.job import VideoJob, as_video_error
 from vqf.engine.work import WorkItem
 from vqf.errors import ErrorType, Stage, VideoError
 from vqf.schema import DeviceInfo, failure_record, now, success_record
@@ -27,8 +27,11 @@ log = logging.getLogger(__name__)
 class Recorder:
     """Owes one row per registered work item; thread-safe."""
 
-    def __init__(self, writer, *, recipe: Recipe, device: DeviceInfo, stats, device_name: str):
+    def __init__(
+        self, writer, *, recipe: Recipe, device: DeviceInfo, stats, device_name: str, journal=None
+    ):
         self.writer = writer
+        self.journal = journal
         self.recipe = recipe
         self.device = device
         self.device_name = device_name
@@ -69,11 +72,31 @@ class Recorder:
             video_oss_url=url,
             extra=fields,
         )
+        try:
+            key = self._entering_write(job.item)
+        except Exception as e:  # a write-stage fault: this row records it instead
+            self._owe_again(job.item)
+            return self.fail(job.item, as_video_error(e, Stage.WRITE), job=job)
         if route and route != "nvdec" and self.device_name.startswith("cuda"):
             self.stats.add("fallback_cpu_decode")
         self.stats.add("video_seconds", float(job.prepared.info.duration_s))
-        self.writer.put(record)
+        self.writer.put(record, key=key)
         return True
+
+    def _entering_write(self, item: WorkItem) -> str:
+        """Journals the row's write (a kill now counts against it) and runs the fault hook."""
+        from vqf.engine.journal import row_key
+        from vqf.faults import fault_point
+
+        key = row_key(index=item.index, video_id=item.video_id)
+        if self.journal is not None:
+            self.journal.enter(item.video_id, key, "write")
+        fault_point("write", item.video_id)
+        return key
+
+    def _owe_again(self, item: WorkItem) -> None:
+        with self._lock:
+            self._owed[item.index] = item
 
     def fail(self, item: WorkItem, error: VideoError, *, job: VideoJob | None = None) -> bool:
         """Records a failure; False when the row was already recorded."""
@@ -93,7 +116,20 @@ class Recorder:
             device=self.device,
             extra=self.extra,
         )
-        self.writer.put(record)
+        key = None
+        if job is not None and error.stage != Stage.WRITE:
+            try:
+                key = self._entering_write(item)
+            except Exception as e:  # the write stage's own fault replaces the message
+                record = failure_record(
+                    item.raw, as_video_error(e, Stage.WRITE), row=item.row,
+                    start_time=job.start_time, device=self.device, extra=self.extra,
+                )  # fmt: skip
+        elif job is not None:
+            from vqf.engine.journal import row_key
+
+            key = row_key(index=item.index, video_id=item.video_id)
+        self.writer.put(record, key=key)
         return True
 
     def close(self) -> int:

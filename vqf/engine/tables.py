@@ -7,8 +7,8 @@ from vqf.engine.work import WorkItem, select_work
 
 
 def open_tables(recipe: Recipe, *, rank: int, world_size: int, stats, group=None):
-    """(sink, work). With several ranks, ODPS sessions are made by rank 0 and joined by the
-    others (one download and one upload session per job)."""
+    """(sink, work). With several ranks, the ODPS download session is made by rank 0 and
+    joined by the others; each rank's sink commits its own windows."""
     from vqf.tables import open_sink, open_source, shard_range
 
     def opened(kind: str, open_fn):
@@ -25,10 +25,8 @@ def open_tables(recipe: Recipe, *, rank: int, world_size: int, stats, group=None
     if recipe.engine.max_rows:
         total = min(total, recipe.engine.max_rows)
     start, count = shard_range(total, rank=rank, world_size=world_size)
-    sink = opened(
-        "sink",
-        lambda sid: open_sink(recipe.outputs, rank=rank, world_size=world_size, session_id=sid),
-    )
+    # every rank commits its own output windows: no shared upload session
+    sink = open_sink(recipe.outputs, rank=rank, world_size=world_size, sinks=recipe.sinks)
     work: list[WorkItem] = select_work(
         source.read(start=start, count=count), start=start, done=sink.done_counts()
     )

@@ -11,7 +11,7 @@ import weakref
 from collections.abc import Callable
 from pathlib import Path
 
-from vqf.errors import ErrorType, Stage, VideoError
+from vqf.errors import ConfigError, ErrorType, Stage, VideoError
 from vqf.storage.base import Located, too_large
 
 
@@ -130,27 +130,47 @@ class Cache:
         return Located(path=path, size=size, temporary=True, release=release)
 
 
+def node_share(budget_bytes: int, *, env=None) -> int:
+    """This rank's part of a node's download budget: the ranks of a node share its disk, so
+    each takes budget / LOCAL_WORLD_SIZE (set by torchrun and by `vqf run --gpus N`)."""
+    env = os.environ if env is None else env
+    text = env.get("LOCAL_WORLD_SIZE", "1")
+    try:
+        ranks = int(text)
+    except ValueError:
+        raise ConfigError(f"LOCAL_WORLD_SIZE = {text!r} is not a whole number") from None
+    if ranks < 1:
+        raise ConfigError(f"LOCAL_WORLD_SIZE = {ranks} must be at least 1")
+    return int(budget_bytes) // ranks
+
+
 def remove_orphans(directory: Path) -> list[Path]:
     """Deletes downloads whose process is gone (a rank killed with -9 cannot clean up after
     itself); files of live processes, other ranks sharing the folder, are left alone."""
     removed = []
     for path in directory.glob("vqf-*-*"):
         pid = path.name.split("-")[1]
-        if not pid.isdigit() or _alive(int(pid)):
+        if not pid.isdigit() or pid_alive(int(pid)):
             continue
         path.unlink(missing_ok=True)
         removed.append(path)
     return removed
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this host (a zombie, dead but not yet reaped by
+    its parent, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # another user's live process
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):  # no /proc here: kill(0) is all there is
+        return True
 
 
 def suffix_of(key: str) -> str:

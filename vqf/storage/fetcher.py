@@ -12,9 +12,10 @@ from typing import Any
 
 from vqf.config import GB, MB, StorageConfig
 from vqf.errors import ErrorType, Stage, StorageError, VideoError
+from vqf.faults import fault_point
 from vqf.schema import InputRow
 from vqf.storage.base import TIERS, Located, Miss, Target, Tier, check_bucket, check_relative
-from vqf.storage.cache import Cache
+from vqf.storage.cache import Cache, node_share
 from vqf.storage.secret import redact
 
 # Only these are read from the environment (and carried when the fetcher is pickled).
@@ -49,6 +50,11 @@ class FetchedVideo:
 class Fetcher:
     """Fetches videos and model files through the tiers of `storage.tiers`, thread-safe.
 
+    A video's fetch runs within `storage.timeout_s`; one that passes it (a stuck mount, a
+    server that stops sending) is a TIMEOUT failure and its thread is left behind, counted in
+    `stuck()` until it returns (what it fetched then is released at once). The download
+    budget is `storage.cache_budget_gb` divided among the ranks of the node.
+
     Pickling keeps only the config and the OSS variables of `env`; the other process gets
     its own tiers and its own cache budget.
     """
@@ -61,13 +67,16 @@ class Fetcher:
 
     def _build(self) -> None:
         self._cache = Cache(
-            directory=self.config.cache_dir, budget_bytes=int(self.config.cache_budget_gb * GB)
+            directory=self.config.cache_dir,
+            budget_bytes=node_share(int(self.config.cache_budget_gb * GB)),
         )
         self._tiers: list[Tier] = [
             TIERS.get(name)(self.config, env=self._env) for name in self.config.tiers
         ]
         self._lock = threading.Lock()
         self._stats = {t.name: dict.fromkeys(STAT_KEYS, 0.0) for t in self._tiers}
+        self._stuck = 0
+        self._timeouts = 0
 
     def __getstate__(self) -> dict[str, Any]:
         return {"config": self.config, "env": self._env}
@@ -81,7 +90,59 @@ class Fetcher:
         return [t.name for t in self._tiers]
 
     def fetch(self, row: InputRow) -> FetchedVideo:
-        """The row's video as a local file; raises VideoError (stage fetch) when it cannot."""
+        """The row's video as a local file within storage.timeout_s; raises VideoError
+        (stage fetch) when it cannot."""
+        limit = self.config.timeout_s
+        box: dict[str, Any] = {}
+        lock = threading.Lock()
+
+        def work() -> None:
+            try:
+                got, err = self._fetch(row), None
+            except BaseException as e:
+                got, err = None, e
+            with lock:
+                if not box.get("abandoned"):
+                    box["result"] = (got, err)
+                    return
+            if got is not None:  # the caller gave up on it: give the space back now
+                got.release()
+            with self._lock:
+                self._stuck -= 1
+
+        worker = threading.Thread(target=work, name="vqf-fetch", daemon=True)
+        worker.start()
+        worker.join(limit)
+        with lock:
+            result = box.get("result")
+            box["abandoned"] = result is None
+        if result is None:
+            with self._lock:
+                self._stuck += 1
+                self._timeouts += 1
+            raise VideoError(
+                ErrorType.TIMEOUT,
+                redact(f"fetch of {row.uri} ran past storage.timeout_s = {limit:g}s"),
+                stage=Stage.FETCH,
+                hint="raise storage.timeout_s, or check the mount or network it comes from",
+            )
+        got, err = result
+        if err is not None:
+            raise err
+        return got
+
+    def stuck(self) -> int:
+        """Fetch threads given up on (past storage.timeout_s) that have not returned yet."""
+        with self._lock:
+            return self._stuck
+
+    def timeouts(self) -> int:
+        """Fetches that ran past storage.timeout_s so far."""
+        with self._lock:
+            return self._timeouts
+
+    def _fetch(self, row: InputRow) -> FetchedVideo:
+        fault_point("fetch", row.video_id)
         target = Target.from_row(row)
         max_bytes = int(self.config.max_video_mb * MB)
         tier, got = self._first_hit(

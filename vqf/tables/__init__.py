@@ -12,6 +12,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from vqf.config import SinksConfig
 from vqf.errors import TableError
 from vqf.schema import OUTPUT_COLUMNS
 from vqf.tables.base import FORMATS, SINK_HINT, URI_HINT, Sink, Source, check_rank, shard_range
@@ -58,20 +59,28 @@ def open_sink(
     odps_client=None,
     columns: Sequence[str] = OUTPUT_COLUMNS,
     session_id: str | None = None,
+    sinks: SinksConfig | None = None,
 ) -> Sink:
-    """Opens rank's writer into an output table. `session_id` (ODPS only) joins rank 0's upload."""
+    """Opens rank's writer into an output table, with the recipe's `sinks` options.
+
+    `session_id` is accepted for callers of the shared-session era and ignored: every rank
+    opens its own ODPS upload session per commit window.
+    """
     check_rank(rank=rank, world_size=world_size)
     scheme, rest = _split(uri, hint=SINK_HINT)
     if scheme == "odps":
         from vqf.tables.odps_table import OdpsSink
 
+        odps = (sinks or SinksConfig()).odps
         return OdpsSink(
             uri,
             rank=rank,
             world_size=world_size,
             client=odps_client,
-            session_id=session_id,
             columns=columns,
+            block_rows=odps.block_rows,
+            commit_every_rows=odps.commit_every_rows,
+            commit_every_s=odps.commit_every_s,
         )
     from vqf.tables.local import open_local_sink
 

@@ -47,11 +47,11 @@ class Sink(Protocol):
         ...
 
     def write(self, records: list[dict]) -> None:
-        """Appends records; durable when it returns (ODPS: once committed)."""
+        """Appends records; durable when it returns (ODPS: once their window is committed)."""
         ...
 
     def close(self) -> None:
-        """Flushes; ODPS commits on rank 0."""
+        """Flushes; ODPS commits the rank's last window."""
         ...
 
 

@@ -7,13 +7,15 @@ Reading: one download session per table partition; each rank reads its slice of 
 `open_record_reader(start, count)`. Rank 0 creates the session and shares `session_id` (the
 engine passes it through the torch.distributed store); a rank given no id creates its own.
 
-Writing: one upload session, shared the same way. Rows are buffered into blocks of
-`block_rows`; rank r owns block ids [r * B, (r + 1) * B) with B = 20000 // world_size (the
-tunnel accepts ids 0..19999), so a retried block overwrites itself instead of duplicating
-rows. Ranks report their blocks through the session itself: a block the server lists
-(`get_block_list()`) is one a rank closed. Rank 0's `close()` commits that list, so the
-engine must call it after every rank's `close()` returned (a barrier). Nothing is visible in
-the table before that commit; `done_counts()` reads what earlier runs committed.
+Writing: each rank commits its own rows in windows, so a crash loses at most one window and
+nothing waits for the end of the job. A window is one upload session of the rank's own; it
+closes after `commit_every_rows` rows or `commit_every_s` seconds since its first row
+(checked on every write and on `tick()`), and at `close()`. Rows go up in blocks of
+`block_rows` with ids 0, 1, ... within the window's session (deterministic: a retried block
+overwrites itself instead of duplicating rows), and the window's `commit` makes them visible
+at once. A window not committed when the process dies is never visible: its rows have no
+output yet, so a rerun (reading committed rows through `done_counts()`) writes them again,
+once.
 
 Credentials come from ODPS_ACCESS_ID, ODPS_ACCESS_KEY and ODPS_ENDPOINT (ODPS_PROJECT is the
 default project, else the URI's); they are never logged or put in errors.
@@ -25,6 +27,7 @@ import collections
 import logging
 import os
 import re
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +40,7 @@ log = logging.getLogger(__name__)
 BLOCK_ID_LIMIT = 20000
 DEFAULT_BLOCK_ROWS = 10000
 BLOCK_ATTEMPTS = 3
+COMMIT_ATTEMPTS = 3
 CREDENTIAL_VARS = ("ODPS_ACCESS_ID", "ODPS_ACCESS_KEY", "ODPS_ENDPOINT")
 
 _NAME = r"[A-Za-z0-9_]+"
@@ -181,7 +185,7 @@ def output_ddl(uri: OdpsUri, columns: Sequence[str]) -> str:
 
 
 class OdpsSink:
-    """One rank's writer into a shared upload session; rank 0 commits on close."""
+    """One rank's writer into an ODPS table: rows committed window by window."""
 
     def __init__(
         self,
@@ -190,23 +194,34 @@ class OdpsSink:
         rank: int,
         world_size: int,
         client=None,
-        session_id: str | None = None,
         columns: Sequence[str],
         block_rows: int = DEFAULT_BLOCK_ROWS,
+        commit_every_rows: int = DEFAULT_BLOCK_ROWS,
+        commit_every_s: float = 600.0,
+        clock=time.monotonic,
     ):
         check_rank(rank=rank, world_size=world_size)
-        if block_rows < 1:
-            raise TableError(f"block_rows = {block_rows} must be at least 1")
+        for name, value in (
+            ("block_rows", block_rows),
+            ("commit_every_rows", commit_every_rows),
+            ("commit_every_s", commit_every_s),
+        ):
+            if value <= 0:
+                raise TableError(f"sinks.odps.{name} = {value} must be positive")
+        if -(-commit_every_rows // block_rows) > BLOCK_ID_LIMIT:
+            raise TableError(
+                f"a window of {commit_every_rows} rows in blocks of {block_rows} needs more "
+                f"than the tunnel's {BLOCK_ID_LIMIT} blocks",
+                hint="raise sinks.odps.block_rows or lower sinks.odps.commit_every_rows",
+            )
         self.uri = uri
         self.location = parse_uri(uri)
         self.rank = rank
         self.columns = tuple(columns)
         self.block_rows = block_rows
-        self.blocks_per_rank = BLOCK_ID_LIMIT // world_size
-        if self.blocks_per_rank < 1:
-            raise TableError(
-                f"world_size = {world_size} exceeds the tunnel's {BLOCK_ID_LIMIT} blocks"
-            )
+        self.commit_every_rows = commit_every_rows
+        self.commit_every_s = commit_every_s
+        self._clock = clock
         self.client = client if client is not None else client_from_env(self.location.project)
         self.table = _get_table(
             self.client, self.location, hint=f"create it: {output_ddl(self.location, self.columns)}"
@@ -218,27 +233,17 @@ class OdpsSink:
                 f"{', '.join(missing)}",
                 hint=f"an output table looks like: {output_ddl(self.location, self.columns)}",
             )
-        try:
-            self.session = _tunnel(self.client, self.location.project).create_upload_session(
-                self.table,
-                partition_spec=self.location.partition or None,
-                upload_id=session_id,
-                create_partition=bool(self.location.partition),
-            )
-        except Exception as e:
-            raise _failed("opening an upload session on", self.location, e) from None
-        self.block_ids: list[int] = []
-        self.committed: list[int] | None = None
+        self.windows_committed = 0
+        self.rows_committed = 0
+        self._session = None  # the open window's upload session
+        self._block_ids: list[int] = []
+        self._window_rows = 0  # rows of the open window, uploaded or buffered
+        self._window_started = 0.0
         self._buffer: list[dict[str, str]] = []
         self._closed = False
 
-    @property
-    def session_id(self) -> str:
-        """Pass this to the other ranks' `open_sink(..., session_id=)`."""
-        return self.session.id
-
     def done_counts(self) -> collections.Counter[str]:
-        """video_ids the table (partition) already holds from committed earlier runs."""
+        """video_ids the table (partition) holds: every window any rank committed."""
         counts: collections.Counter[str] = collections.Counter()
         try:
             if not _partition_exists(self.table, self.location):
@@ -255,49 +260,87 @@ class OdpsSink:
         return counts
 
     def write(self, records: list[dict]) -> None:
-        """Buffers records; each full block of `block_rows` is uploaded (not yet committed)."""
+        """Adds records to the open window (full blocks go up); commits each window that
+        reaches commit_every_rows rows or commit_every_s seconds."""
         if self._closed:
             raise TableError(f"sink {self.uri!r} is closed")
-        self._buffer.extend(output_record(r, self.columns) for r in records)
+        rows = [output_record(r, self.columns) for r in records]
+        while rows:
+            room = self.commit_every_rows - self._window_rows
+            self._add(rows[:room])
+            rows = rows[room:]
+            if self._window_rows >= self.commit_every_rows:
+                self._commit_window()
+        self.tick()
+
+    def tick(self) -> None:
+        """Commits the open window when it is commit_every_s old (the writer calls this when
+        no rows arrive, so a quiet rank's rows do not wait)."""
+        if self._window_rows and self._clock() - self._window_started >= self.commit_every_s:
+            self._commit_window()
+
+    def close(self) -> None:
+        """Commits the last window."""
+        if self._closed:
+            return
+        if self._window_rows:
+            self._commit_window()
+        self._closed = True
+
+    # -- one window --------------------------------------------------------------------------
+    def _add(self, rows: list[dict[str, str]]) -> None:
+        if not rows:
+            return
+        if self._window_rows == 0:
+            self._window_started = self._clock()
+        self._window_rows += len(rows)
+        self._buffer.extend(rows)
         while len(self._buffer) >= self.block_rows:
             self._upload(self._buffer[: self.block_rows])
             del self._buffer[: self.block_rows]
 
-    def close(self) -> None:
-        """Uploads the last partial block; on rank 0 also commits every rank's blocks."""
-        if self._closed:
-            return
+    def _commit_window(self) -> None:
         if self._buffer:
             self._upload(self._buffer)
             self._buffer = []
-        self._closed = True
-        if self.rank == 0:
-            self.commit()
+        session, blocks = self._session, list(self._block_ids)
+        for attempt in range(1, COMMIT_ATTEMPTS + 1):
+            try:
+                session.commit(blocks)
+                break
+            except Exception as e:
+                if _was_committed(session):  # the answer was lost, not the commit
+                    break
+                if attempt == COMMIT_ATTEMPTS:
+                    raise _failed(
+                        f"committing window {self.windows_committed} to", self.location, e
+                    ) from None
+                log.warning("commit to %s failed (%s); retrying", self.location, e)
+        log.info(
+            "rank %d committed %d rows in %d blocks to %s",
+            self.rank,
+            self._window_rows,
+            len(blocks),
+            self.location,
+        )
+        self.windows_committed += 1
+        self.rows_committed += self._window_rows
+        self._session, self._block_ids, self._window_rows = None, [], 0
 
-    def commit(self) -> list[int]:
-        """Commits every block the server holds (all ranks' closed blocks); returns their ids."""
+    def _open_session(self):
         try:
-            blocks = sorted(int(b) for b in self.session.get_block_list())
-            missing = sorted(set(self.block_ids) - set(blocks))
-            if missing:
-                raise TableError(f"blocks {missing} of rank {self.rank} are not on the server")
-            self.session.commit(blocks)
-        except TableError:
-            raise
+            return _tunnel(self.client, self.location.project).create_upload_session(
+                self.table,
+                partition_spec=self.location.partition or None,
+                create_partition=bool(self.location.partition),
+            )
         except Exception as e:
-            raise _failed("committing to", self.location, e) from None
-        log.info("committed %d blocks to %s", len(blocks), self.location)
-        self.committed = blocks
-        return blocks
+            raise _failed("opening an upload session on", self.location, e) from None
 
     def _upload(self, rows: list[dict[str, str]]) -> None:
-        index = len(self.block_ids)
-        if index >= self.blocks_per_rank:
-            raise TableError(
-                f"rank {self.rank} used all its {self.blocks_per_rank} tunnel blocks",
-                hint=f"raise block_rows (now {self.block_rows}) or use fewer ranks",
-            )
-        block_id = self.rank * self.blocks_per_rank + index
+        if self._session is None:
+            self._session = self._open_session()
+        block_id = len(self._block_ids)
         for attempt in range(1, BLOCK_ATTEMPTS + 1):
             try:
                 self._write_block(block_id, rows)
@@ -306,15 +349,25 @@ class OdpsSink:
                 if attempt == BLOCK_ATTEMPTS:
                     raise _failed(f"uploading block {block_id} to", self.location, e) from None
                 log.warning("block %d to %s failed (%s); retrying", block_id, self.location, e)
-        self.block_ids.append(block_id)
+        self._block_ids.append(block_id)
 
     def _write_block(self, block_id: int, rows: list[dict[str, str]]) -> None:
-        with self.session.open_record_writer(block_id) as writer:
+        with self._session.open_record_writer(block_id) as writer:
             for row in rows:
                 writer.write(self._record(row))
 
     def _record(self, row: dict[str, Any]):
-        record = self.session.new_record()
+        record = self._session.new_record()
         for name, value in row.items():
             record[name] = value
         return record
+
+
+def _was_committed(session) -> bool:
+    """Whether the server closed the session, i.e. a commit whose reply was lost went in."""
+    try:
+        session.reload()
+        status = getattr(session.status, "value", session.status)
+    except Exception:
+        return False
+    return str(status).upper() == "CLOSED"

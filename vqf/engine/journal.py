@@ -1,0 +1,254 @@
+"""Crash accounting: each rank journals the videos in flight, so a video that kills the
+process (a decoder segfault, a CUDA fatal error, the OOM killer) is not retried for ever.
+
+A journal is one JSON-lines file per rank. `enter` appends a line and fsyncs it before the
+video goes into a stage that can kill the process; `leave` appends one when the video's row
+is written. On open, the file is replayed: every video entered and never left was in flight
+when the process died, and counts one crash more. A video with `max_attempts` crashes is
+quarantined: it gets a `crashed` failure row (`crash_error`) instead of another attempt.
+The file is then compacted to the crash counts alone; a clean finish removes it.
+
+Wiring into the rank (the engine owns these calls):
+
+```
+journal = Journal(journal_path(recipe, rank), max_attempts=recipe.engine.max_attempts)
+work = select_work(...)                                   # rows the output already holds: skipped
+for item in work:                                         # quarantine, at selection time
+    key = row_key(index=item.index, video_id=item.video_id)
+    stage = journal.quarantined(key)
+    if stage is not None:
+        error = crash_error(journal.crashed()[key], max_attempts=journal.max_attempts)
+        write it as item's failure row (writer.put(record, key=key)); drop the item
+suspects = [k for k in journal.crashed() if journal.quarantined(k) is None]
+                                                          # run these one at a time with nothing
+                                                          # else in flight, so that a crash
+                                                          # counts against its own video only
+journal.enter(video_id, key, "fetch")   # before fetcher.fetch
+journal.enter(video_id, key, "probe")   # before plane.prepare
+journal.enter(video_id, key, "detect")  # before detection (enter_many for a batch)
+journal.enter(video_id, key, "decode")  # before decode   (enter_many for a batch)
+journal.enter(video_id, key, "model")   # before the models see its clips
+journal.enter(video_id, key, "write")   # before its row goes to the writer
+writer = Writer(sink, ..., on_written=journal.leave_many)  # leave once sink.write returned
+...
+sink.close(); journal.close(clean=True)                   # only after every row is durable
+```
+
+A failure row written without passing a dangerous stage (a malformed row, a duplicate)
+needs no journal. Rows stay exactly once: the journal decides attempts, the output decides
+what is done (a video whose row is durable is skipped by `select_work` even when the
+process died before its `leave`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from vqf.config import Recipe
+from vqf.errors import ConfigError, ErrorType, Stage, VideoError
+from vqf.tables.base import fsync_dir
+
+log = logging.getLogger(__name__)
+
+JOURNAL_DIR = ".vqf-journal"
+
+
+@dataclass(frozen=True)
+class Crashes:
+    """How often the process died with a video in flight, and in which stage the last time."""
+
+    attempts: int
+    stage: str
+    video_id: str = ""
+
+
+def row_key(*, index: int, video_id: str) -> str:
+    """A row's identity across restarts: its position in the input table and its video_id
+    (one video_id may appear in several rows)."""
+    return f"{index}:{video_id}"
+
+
+def journal_path(recipe: Recipe, rank: int) -> Path:
+    """Where rank's journal lives: beside local outputs, or under engine.state_dir in a
+    folder of the job's own (named by its input and output tables, so jobs sharing a
+    state_dir never read each other's crashes). Outputs in ODPS have no local folder, so
+    they need engine.state_dir."""
+    name = f"rank-{rank:05d}.jsonl"
+    if recipe.engine.state_dir:
+        job = hashlib.sha256(f"{recipe.tables}\n{recipe.outputs}".encode()).hexdigest()[:12]
+        return Path(recipe.engine.state_dir).expanduser() / JOURNAL_DIR / job / name
+    outputs = recipe.outputs
+    if outputs.lower().startswith("odps://"):
+        raise ConfigError(
+            f"outputs {outputs!r} are in ODPS, so the crash journal needs engine.state_dir",
+            hint="set engine.state_dir to a folder that outlives a restart of the rank, "
+            "e.g. --set engine.state_dir=/mnt/disk/vqf-state/<job>",
+        )
+    if outputs.lower().startswith("file://"):
+        outputs = outputs[len("file://") :]
+    if not outputs:
+        raise ConfigError("outputs is empty, so the crash journal has no place to live")
+    return Path(outputs).expanduser() / JOURNAL_DIR / name
+
+
+def crash_error(crashes: Crashes, *, max_attempts: int) -> VideoError:
+    """The failure row's error for a quarantined video."""
+    return VideoError(
+        ErrorType.CRASHED,
+        f"the process died {crashes.attempts} times while this video was in flight "
+        f"(last in stage {crashes.stage}); engine.max_attempts = {max_attempts}",
+        stage=Stage(crashes.stage),
+        hint="look for a decoder crash or the OOM killer in the rank's log; raise "
+        "engine.max_attempts to try it again",
+    )
+
+
+class Journal:
+    """One rank's videos in flight, durable across process deaths. Thread-safe."""
+
+    def __init__(self, path: Path, *, max_attempts: int):
+        if max_attempts < 1:
+            raise ConfigError(f"engine.max_attempts = {max_attempts} must be at least 1")
+        self.path = Path(path)
+        self.max_attempts = max_attempts
+        self._lock = threading.Lock()
+        self._in_flight: dict[str, tuple[str, str]] = {}  # key -> (video_id, stage)
+        self._crashes = self._replay()
+        self._compact()
+        self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    # -- at start ----------------------------------------------------------------------------
+    def crashed(self) -> dict[str, Crashes]:
+        """Every row the process died in before, by key, quarantined ones included."""
+        return dict(self._crashes)
+
+    def quarantined(self, key: str) -> str | None:
+        """The stage a row was in at its last crash, when it used up its attempts; else None."""
+        crashes = self._crashes.get(key)
+        if crashes is None or crashes.attempts < self.max_attempts:
+            return None
+        return crashes.stage
+
+    # -- while running -----------------------------------------------------------------------
+    def enter(self, video_id: str, key: str, stage: str) -> None:
+        """Records that `key` goes into `stage`; durable (fsynced) when it returns."""
+        self.enter_many([(video_id, key)], stage)
+
+    def enter_many(self, items: Iterable[tuple[str, str]], stage: str) -> None:
+        """`enter` for a batch of (video_id, key), with one fsync."""
+        Stage(stage)  # a typo would otherwise surface only in a crashed row
+        items = list(items)
+        lines = [{"op": "enter", "key": k, "video_id": v, "stage": stage} for v, k in items]
+        with self._lock:
+            self._append(lines, sync=True)
+            for video_id, key in items:
+                self._in_flight[key] = (video_id, stage)
+
+    def leave(self, key: str) -> None:
+        """Records that `key`'s row was written. Not fsynced: a leave lost with the machine
+        costs one extra attempt count, never a row (the output decides what is done)."""
+        self.leave_many([key])
+
+    def leave_many(self, keys: Iterable[str | None]) -> None:
+        keys = [k for k in keys if k is not None]
+        with self._lock:
+            self._append([{"op": "leave", "key": k} for k in keys], sync=False)
+            for key in keys:
+                self._in_flight.pop(key, None)
+
+    def in_flight(self) -> dict[str, tuple[str, str]]:
+        with self._lock:
+            return dict(self._in_flight)
+
+    def close(self, *, clean: bool) -> None:
+        """Clean (every row durable): the journal is removed. Otherwise it stays for the next
+        start, which counts what is still in flight as crashed."""
+        with self._lock:
+            if self._fd is None:
+                return
+            os.close(self._fd)
+            self._fd = None
+            if not clean:
+                return
+            if self._in_flight:
+                log.warning(
+                    "journal %s: %d rows entered and never left at a clean finish",
+                    self.path,
+                    len(self._in_flight),
+                )
+            self.path.unlink(missing_ok=True)
+            fsync_dir(self.path.parent)
+
+    # -- the file ----------------------------------------------------------------------------
+    def _append(self, lines: list[dict], *, sync: bool) -> None:
+        if self._fd is None:
+            raise RuntimeError(f"journal {self.path} is closed")
+        if not lines:
+            return
+        data = "".join(json.dumps(line, separators=(",", ":")) + "\n" for line in lines)
+        os.write(self._fd, data.encode())  # in the page cache: survives the process dying
+        if sync:
+            os.fsync(self._fd)  # on the disk: survives the machine too
+
+    def _replay(self) -> dict[str, Crashes]:
+        crashes: dict[str, Crashes] = {}
+        in_flight: dict[str, tuple[str, str]] = {}
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            return crashes
+        for number, line in enumerate(text.splitlines(), 1):
+            try:
+                entry = json.loads(line)
+                op, key = entry["op"], entry["key"]
+            except (ValueError, KeyError, TypeError):  # a line torn by the crash itself
+                log.warning("journal %s: line %d unreadable, ignored", self.path, number)
+                continue
+            if op == "crash":
+                crashes[key] = Crashes(
+                    int(entry["attempts"]), entry["stage"], entry.get("video_id", "")
+                )
+            elif op == "enter":
+                in_flight[key] = (entry.get("video_id", ""), entry["stage"])
+            elif op == "leave":
+                in_flight.pop(key, None)
+        for key, (video_id, stage) in in_flight.items():
+            before = crashes.get(key)
+            attempts = (before.attempts if before else 0) + 1
+            crashes[key] = Crashes(attempts, stage, video_id)
+            log.warning(
+                "%s was in stage %s when the process died (crash %d of at most %d)",
+                video_id or key,
+                stage,
+                attempts,
+                self.max_attempts,
+            )
+        return crashes
+
+    def _compact(self) -> None:
+        """Rewrites the file as the crash counts alone (atomically: a crash here is harmless)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        lines = [
+            {
+                "op": "crash",
+                "key": k,
+                "video_id": c.video_id,
+                "attempts": c.attempts,
+                "stage": c.stage,
+            }
+            for k, c in self._crashes.items()
+        ]
+        with open(tmp, "w") as f:
+            f.write("".join(json.dumps(line, separators=(",", ":")) + "\n" for line in lines))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        fsync_dir(self.path.parent)
