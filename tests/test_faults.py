@@ -128,7 +128,9 @@ def test_kill_at_every_stage_then_restart_leaves_one_row_per_input(
             "--set", "sampling.height=64", "--set", "sampling.width=64",
             "--set", "sampling.whole_frames=16", "--set", "sampling.window_frames=16",
             "--set", "engine.clip_batch=8", "--set", "storage.oss.backoff_s=0.05",
-            "--set", f"storage.cache_dir={tmp_path / 'cache'}"]  # fmt: skip
+            "--set", f"storage.cache_dir={tmp_path / 'cache'}",
+            # external kills here, not crashes of a video: no video is quarantined
+            "--set", "engine.max_attempts=10"]  # fmt: skip
 
     # 1. fetching: the server holds every GET
     oss_server.delay_next(100, seconds=60, method="GET")

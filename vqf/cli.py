@@ -27,6 +27,7 @@ def configure_logging(level: str | None = None) -> None:
 # commands with their own argument parsers: everything after the name goes to them
 PASSTHROUGH = {
     "bench-video": "vqf.video.bench",
+    "bench-engine": "vqf.ops.bench_engine",
     "report": "vqf.ops.report",
     "soak": "vqf.ops.soak",
 }
@@ -108,6 +109,7 @@ def _parser() -> argparse.ArgumentParser:
 
     for name, help_text in (
         ("bench-video", "decode benchmark of the video plane (prints numbers)"),
+        ("bench-engine", "scheduler and memory benchmarks of the streaming engine"),
         ("report", "a self-contained HTML report of a run's outputs"),
         ("soak", "a long run over generated videos: memory, open files, throughput"),
     ):

@@ -154,7 +154,7 @@ class Rank:
     # -- set-up ------------------------------------------------------------------------------
     def _build(self, *, group=None, local_leader: bool = True) -> None:
         from vqf.engine.checkpoints import localize
-        from vqf.filters import build_filters
+        from vqf.filters import build_filters, model_needs
         from vqf.models.bank import ModelBank
         from vqf.storage import Fetcher
 
@@ -171,7 +171,10 @@ class Rank:
         resolve = localize(
             self.recipe, fetcher=self.fetcher, local_leader=local_leader, group=group
         )
-        self.bank = ModelBank.load(recipe=self.recipe, device=self.device, resolve=resolve)
+        needs = model_needs(self.recipe)  # the filters say what to load; the bank loads it
+        self.bank = ModelBank.load(
+            recipe=self.recipe, needs=needs, device=self.device, resolve=resolve
+        )
         filters = list(build_filters(recipe=self.recipe, bank=self.bank).values())
         self.detectors = [f for f in filters if "detect" in f.reads]
         self.frame_filters = [f for f in filters if "frames" in f.reads]

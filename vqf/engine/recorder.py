@@ -86,12 +86,21 @@ class Recorder:
     def _entering_write(self, item: WorkItem) -> str:
         """Journals the row's write (a kill now counts against it) and runs the fault hook."""
         from vqf.engine.journal import row_key
+        from vqf.engine.workers import call_with_deadline
         from vqf.faults import fault_point
 
         key = row_key(index=item.index, video_id=item.video_id)
         if self.journal is not None:
             self.journal.enter(item.video_id, key, "write")
-        fault_point("write", item.video_id)
+        limit = self.recipe.decode.timeout_s
+        try:
+            call_with_deadline(
+                lambda: fault_point("write", item.video_id), seconds=limit, name="vqf-write"
+            )
+        except TimeoutError:
+            raise TimeoutError(
+                f"the write of {item.video_id} did not start within {limit:g}s"
+            ) from None
         return key
 
     def _owe_again(self, item: WorkItem) -> None:

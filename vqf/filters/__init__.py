@@ -46,6 +46,7 @@ __all__ = [
     "build_filters",
     "describe_filters",
     "enabled_filters",
+    "model_needs",
     "register",
 ]
 
@@ -58,6 +59,12 @@ def describe_filters() -> list[dict[str, Any]]:
 def enabled_filters(recipe: Recipe) -> dict[str, type[Filter]]:
     """The recipe's enabled filters by name, in recipe order; an unknown name raises ConfigError."""
     return {name: FILTERS.get(name) for name, spec in recipe.filters.items() if spec.enable}
+
+
+def model_needs(recipe: Recipe) -> list:
+    """What the recipe's enabled filters need loaded (`vqf.models.needs.ModelNeed`), in order."""
+    needs = (cls.needs(name, recipe.filters[name]) for name, cls in enabled_filters(recipe).items())
+    return [n for n in needs if n is not None]
 
 
 def build_filters(*, recipe: Recipe, bank: ModelBank) -> dict[str, Filter]:

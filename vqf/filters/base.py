@@ -67,6 +67,27 @@ class Filter:
         self.model_name = spec.model or self.default_model
         self.head = bank.head(self.name) if self.head_kind else None
 
+    model_kind: ClassVar[str] = "vjepa2"
+
+    @classmethod
+    def needs(cls, name: str, spec: FilterConfig):
+        """The model (and head) this filter reads, as `vqf.models.needs.ModelNeed`; None for a
+        weight-free filter. The model bank loads what the enabled filters declare here."""
+        from vqf.models.needs import ModelNeed
+
+        model = spec.model or cls.default_model
+        if not model:
+            return None
+        return ModelNeed(
+            filter=name,
+            model=model,
+            kind=cls.model_kind,
+            labels=tuple(cls.labels),
+            head_kind=cls.head_kind,
+            head_blocks=cls.head_blocks,
+            head_path=spec.head,
+        )
+
     def probs(self, tokens: torch.Tensor) -> torch.Tensor:
         """(N, L, D) tokens -> (N, len(labels)) float32 probabilities, columns in `labels` order."""
         import torch
@@ -105,6 +126,7 @@ class DetectionFilter(Filter):
 
     reads: ClassVar[tuple[str, ...]] = ("detect",)
     default_model: ClassVar[str] = "detector"
+    model_kind: ClassVar[str] = "yolo"
     head_kind: ClassVar[str] = ""
 
     def probs(self, tokens: torch.Tensor) -> torch.Tensor:

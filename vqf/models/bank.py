@@ -24,12 +24,12 @@ from vqf.models.backbone import (
 )
 from vqf.models.detector import Detector, random_network, read_detector
 from vqf.models.heads import load_head, make_head
+from vqf.models.needs import ModelNeed
 
 if TYPE_CHECKING:
     import torch
 
-    from vqf.config import FilterConfig, ModelConfig, Recipe
-    from vqf.filters.base import Filter
+    from vqf.config import ModelConfig, Recipe
 
 Resolver = Callable[[str], Path]
 
@@ -51,34 +51,29 @@ class ModelBank:
         cls,
         *,
         recipe: Recipe,
+        needs: list[ModelNeed],
         device: str | torch.device,
         resolve: Resolver | None = None,
         cache_dir: str | Path | None = None,
     ) -> ModelBank:
-        """Loads every model an enabled filter names, each once, then each filter's head.
+        """Loads every model the `needs` name, each once, then each filter's head.
 
-        `resolve(path)` turns a checkpoint path or URI into a local path (the engine's storage
-        fetch); `cache_dir` holds ultralytics' config folder (default: a temporary folder).
+        `needs` come from the filters (`vqf.filters.model_needs(recipe)`); `resolve(path)`
+        turns a checkpoint path or URI into a local path (the engine's storage fetch);
+        `cache_dir` holds ultralytics' config folder (default: a temporary folder).
         """
         import torch
 
-        from vqf.filters import DetectionFilter, enabled_filters
-
         bank = cls(device=torch.device(device))
-        filters = enabled_filters(recipe)
-        for name, fcls in filters.items():
-            spec = recipe.filters[name]
-            model_name = spec.model or fcls.default_model
-            if not model_name:
-                continue  # a weight-free filter: nothing to load
-            model = _model_spec(recipe, name, model_name)
-            wanted = "yolo" if issubclass(fcls, DetectionFilter) else "vjepa2"
-            if model.kind != wanted:
+        for need in needs:
+            model = _model_spec(recipe, need.filter, need.model)
+            if model.kind != need.kind:
                 raise ConfigError(
-                    f"filter {name!r} needs a {wanted} model, but models.{model_name}.kind is {model.kind!r}",
-                    hint=f"set filters.{name}.model to a {wanted} model",
+                    f"filter {need.filter!r} needs a {need.kind} model, but "
+                    f"models.{need.model}.kind is {model.kind!r}",
+                    hint=f"set filters.{need.filter}.model to a {need.kind} model",
                 )
-            bank.filter_models[name] = model_name
+            bank.filter_models[need.filter] = need.model
         random_models = []
         for model_name in dict.fromkeys(bank.filter_models.values()):
             model = recipe.models[model_name]
@@ -87,22 +82,20 @@ class ModelBank:
             if model.kind == "vjepa2":
                 bank.backbones[model_name] = bank._load_backbone(model_name, model, recipe, resolve)
             else:
-                users = [f for f, m in bank.filter_models.items() if m == model_name]
-                names = filters[users[0]].labels
+                names = next(n.labels for n in needs if n.model == model_name)
                 config_dir = Path(cache_dir) / "ultralytics" if cache_dir else None
                 bank.detectors[model_name] = bank._load_detector(
                     model_name, model, names=names, resolve=resolve, config_dir=config_dir
                 )
         bank.random_models = tuple(random_models)
         random_heads = []
-        for name, fcls in filters.items():
-            if not fcls.head_kind or name not in bank.filter_models:
+        for need in needs:
+            if not need.head_kind:
                 continue
-            spec = recipe.filters[name]
-            model = recipe.models[bank.filter_models[name]]
-            if model.init == "random" or spec.head == "random":
-                random_heads.append(name)
-            bank.heads[name] = bank._load_head(name, fcls, spec, model, resolve)
+            model = recipe.models[need.model]
+            if model.init == "random" or need.head_path == "random":
+                random_heads.append(need.filter)
+            bank.heads[need.filter] = bank._load_head(need, model, resolve)
         bank.random_heads = tuple(random_heads)
         return bank
 
@@ -152,37 +145,31 @@ class ModelBank:
             network, name=name, names=names, device=self.device, dtype=dtype
         )
 
-    def _load_head(
-        self,
-        name: str,
-        fcls: type[Filter],
-        spec: FilterConfig,
-        model: ModelConfig,
-        resolve: Resolver | None,
-    ):
+    def _load_head(self, need: ModelNeed, model: ModelConfig, resolve: Resolver | None):
         import torch
 
-        backbone = self.backbones[self.filter_models[name]]
-        if model.init == "random" or spec.head == "random":
+        name = need.filter
+        backbone = self.backbones[need.model]
+        if model.init == "random" or need.head_path == "random":
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed_for(f"head:{name}"))
                 head = make_head(
-                    fcls.head_kind,
+                    need.head_kind,
                     dim=backbone.dim,
-                    labels=fcls.labels,
-                    num_blocks=fcls.head_blocks,
+                    labels=need.labels,
+                    num_blocks=need.head_blocks,
                 )
         else:
-            head = load_head(_local(spec.head, resolve, f"filters.{name}.head"))
+            head = load_head(_local(need.head_path, resolve, f"filters.{name}.head"))
         if head.dim != backbone.dim:
             raise ConfigError(
                 f"head of filter {name!r} takes {head.dim}-wide tokens, backbone "
                 f"{backbone.name!r} gives {backbone.dim}",
                 hint="use a head trained on this backbone",
             )
-        if tuple(head.labels) != tuple(fcls.labels):
+        if tuple(head.labels) != tuple(need.labels):
             raise ConfigError(
-                f"head of filter {name!r} has labels {list(head.labels)}, the filter {list(fcls.labels)}",
+                f"head of filter {name!r} has labels {list(head.labels)}, the filter {list(need.labels)}",
                 hint="use a head trained for this filter",
             )
         return head.to(device=self.device, dtype=backbone.dtype).eval().requires_grad_(False)

@@ -36,19 +36,17 @@ log = logging.getLogger(__name__)
 
 def remote_checkpoints(recipe: Recipe) -> list[str]:
     """The storage URIs of the checkpoints the enabled filters load, each once, in order."""
-    from vqf.filters import enabled_filters
+    from vqf.filters import model_needs
 
     models: list[str] = []
     heads: list[str] = []
-    for name, fcls in enabled_filters(recipe).items():
-        spec = recipe.filters[name]
-        model_name = spec.model or fcls.default_model
-        model = recipe.models.get(model_name) if model_name else None
+    for need in model_needs(recipe):
+        model = recipe.models.get(need.model)
         if model is None or model.init == "random":
-            continue  # a weight-free filter, or a random model (its head is random too)
+            continue  # a random model (its head is random too)
         models.append(model.path)
-        if fcls.head_kind and spec.head != "random":
-            heads.append(spec.head)
+        if need.head_kind and need.head_path != "random":
+            heads.append(need.head_path)
     uris = [u for u in models + heads if "://" in u and not u.lower().startswith("file://")]
     return list(dict.fromkeys(uris))
 

@@ -47,7 +47,7 @@ class SeedModels:
             if not spec.enable or not (spec.model or cls.default_model):
                 continue
             alone = replace(recipe, filters={name: spec})
-            bank = ModelBank.load(recipe=alone, device=device)
+            bank = ModelBank.load(recipe=alone, needs=[cls.needs(name, spec)], device=device)
             self.filters.append((cls(spec=spec, bank=bank), bank))
 
 
@@ -58,7 +58,9 @@ def decode_frames(path: str | Path, indices: np.ndarray) -> np.ndarray:
     wanted = {int(i): n for n, i in enumerate(indices)}
     out: list[np.ndarray | None] = [None] * len(indices)
     with av.open(str(path)) as container:
-        for index, frame in enumerate(container.decode(video=0)):
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"  # FFmpeg's frame threads, as the seed's decord uses them
+        for index, frame in enumerate(container.decode(stream)):
             if index in wanted:
                 out[wanted[index]] = frame.to_ndarray(format="rgb24")
             if index >= max(wanted, default=-1):

@@ -20,7 +20,15 @@ from typing import Any
 from vqf.config import Recipe
 from vqf.ops.dashboard import gpu_reading
 from vqf.ops.floors import VideoLoad, compute_floors, video_load
-from vqf.ops.trace import StageRow, bottleneck, chrome_trace, stage_rows, wall_seconds, write_json
+from vqf.ops.trace import (
+    StageRow,
+    bottleneck,
+    chrome_trace,
+    overlap_seconds,
+    stage_rows,
+    wall_seconds,
+    write_json,
+)
 
 
 # -- GPU sampling ------------------------------------------------------------------------------
@@ -138,6 +146,7 @@ def profile(
         "bottleneck": bottleneck(rows),
         "gpu": sampler.summary(),
         "workload": _workload(loads),
+        "streaming": _streaming(spans, snap, processing),
         "floors": None,
         "baseline": None,
         "trace": str(out_dir / "trace.json"),
@@ -162,6 +171,20 @@ def profile(
     write_json(out_dir / "trace.json", chrome_trace({0: spans}, devices={0: device}))
     write_json(out_dir / "profile.json", result)
     return result
+
+
+def _streaming(spans, snap: dict[str, Any], processing: float) -> dict[str, Any]:
+    """How much decode and the models overlapped, and frames decoded against the plan."""
+    counters = snap["counters"]
+    both = overlap_seconds(spans, "decode", "model")
+    return {
+        "overlap_s": both,
+        "overlap_share": both / processing if processing > 0 else 0.0,
+        "frames_decoded": int(counters.get("frames_decoded", 0)),
+        "frames_spanned": int(counters.get("frames_spanned", 0)),
+        "frames_planned": int(counters.get("frames_planned", 0)),
+        "frames_in_flight": snap.get("frames_in_flight", {}),
+    }
 
 
 def _workload(loads: list[VideoLoad]) -> dict[str, Any]:
@@ -210,6 +233,14 @@ def format_report(result: dict[str, Any]) -> str:
         f"video, {w['tflop_per_video']:.3g} TFLOP per video on shared backbones "
         f"({w['tflop_per_video_one_backbone_per_filter']:.3g} with one backbone per filter)"
     )
+    s = result.get("streaming")
+    if s:
+        lines.append(
+            f"streaming: decode and models busy at the same time for {s['overlap_s']:.2f} s "
+            f"({s['overlap_share']:.0%} of the processing time); frames decoded "
+            f"{s['frames_decoded']} for {s['frames_spanned']} spanned by the plans "
+            f"({s['frames_planned']} planned)"
+        )
     lines.append(_floors_line(result))
     base = result["baseline"]
     if base:

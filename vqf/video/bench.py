@@ -2,8 +2,9 @@
 
 Generates a 720p H.264 video (20 s by default), then prints side by side: how many frames
 the plan decodes per frame its clips read (decode-once), seconds per video through the plane
-(probe + plan, then decode + rotate + resize + normalise in the graph), and seconds for PyAV
-decoding every frame of the file with no processing at all, with their ratio.
+(probe + plan, then the chunked decode + rotate + resize + normalise in the graph), and the
+practical CPU floor: PyAV decoding the spanned frames with swscale converting and scaling only
+the planned ones straight to the clip size (`frame.reformat`), with their ratio.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-TARGET_RATIO = 1.3
+TARGET_RATIO = 1.2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,7 +64,14 @@ def run(path: Path, *, recipe, device: str, repeat: int) -> dict:
             raise decoded
         _synchronise(decoded.frames)
         plane_s.append(time.perf_counter() - started)
-        plain_s.append(plain_decode_seconds(path))
+        plain_s.append(
+            floor_seconds(
+                path,
+                prepared.plan.frames,
+                width=recipe.sampling.width,
+                height=recipe.sampling.height,
+            )
+        )
     plane.close()
     plan, info = prepared.plan, prepared.info
     return {
@@ -82,16 +90,22 @@ def run(path: Path, *, recipe, device: str, repeat: int) -> dict:
     }
 
 
-def plain_decode_seconds(path: Path) -> float:
-    """PyAV decoding every frame of `path` (same threading as the plane), nothing else."""
+def floor_seconds(path: Path, frames, *, width: int, height: int) -> float:
+    """PyAV decoding `path` up to the last planned frame (same threading as the plane), with
+    swscale converting only the planned `frames` to RGB at the clip size: the CPU floor."""
     import av
 
+    wanted = set(int(i) for i in frames)
+    last = max(wanted)
     started = time.perf_counter()
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        for _ in container.decode(stream):
-            pass
+        for index, frame in enumerate(container.decode(stream)):
+            if index in wanted:
+                frame.reformat(width=width, height=height, format="rgb24").to_ndarray()
+            if index >= last:
+                break
     return time.perf_counter() - started
 
 
@@ -108,7 +122,8 @@ def format_report(r: dict) -> str:
             f"{r['frames_stream'] / r['frames_needed']:.2f})",
             f"plane             {r['plane_s']:.2f} s per video "
             f"(probe+plan {r['prepare_s']:.2f} s, decode+graph {r['plane_s'] - r['prepare_s']:.2f} s)",
-            f"plain PyAV decode {r['plain_s']:.2f} s (every frame, no conversion, no resize)",
+            f"CPU floor         {r['plain_s']:.2f} s (PyAV decode of the span, swscale of the "
+            f"planned frames to the clip size)",
             f"ratio             {ratio:.2f}x ({verdict} the {TARGET_RATIO}x target)",
         ]
     )
