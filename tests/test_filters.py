@@ -10,7 +10,14 @@ from hypothesis import strategies as st
 
 from vqf.config import FilterConfig, ModelConfig, Recipe, SamplingConfig
 from vqf.errors import ConfigError
-from vqf.filters import FILTERS, ClipResult, DetectionFilter, build_filters, describe_filters
+from vqf.filters import (
+    FILTERS,
+    ClipResult,
+    DetectionFilter,
+    build_filters,
+    describe_filters,
+    load_models,
+)
 from vqf.filters.safe_crop import safe_crop
 from vqf.models.bank import ModelBank
 from vqf.video.geometry import Letterbox
@@ -35,7 +42,7 @@ def tiny_recipe(**filters: FilterConfig) -> Recipe:
 
 @pytest.fixture(scope="module")
 def bank() -> ModelBank:
-    return ModelBank.load(recipe=tiny_recipe(), device="cpu")
+    return load_models(recipe=tiny_recipe(), device="cpu")
 
 
 def check_result(obj: dict, labels: tuple[str, ...]) -> None:
@@ -151,7 +158,7 @@ def test_a_head_for_other_labels_is_refused(tmp_path):
         filters={"low_quality": FilterConfig(head=str(head))},
     )
     with pytest.raises(ConfigError, match=r"labels \['a', 'b'\]"):
-        ModelBank.load(recipe=recipe, device="cpu")
+        load_models(recipe=recipe, device="cpu")
 
 
 class FixedDetector:

@@ -14,6 +14,7 @@ import torch
 
 from vqf.config import FilterConfig, ModelConfig, Recipe, SamplingConfig, load_recipe
 from vqf.errors import ConfigError
+from vqf.filters import load_models
 from vqf.models.bank import ModelBank
 from vqf.models.checkpoints import init_random
 from vqf.models.detector import Detector, random_network, read_detector, save_detector
@@ -41,7 +42,7 @@ def tiny_recipe(filters=TOKEN_FILTERS, **models: ModelConfig) -> Recipe:
 @pytest.fixture(scope="module")
 def bank() -> ModelBank:
     """Three filters on one random tiny backbone."""
-    return ModelBank.load(recipe=tiny_recipe(), device="cpu")
+    return load_models(recipe=tiny_recipe(), device="cpu")
 
 
 def clips(n: int, *, frames: int = FRAMES, seed: int = 0) -> torch.Tensor:
@@ -154,7 +155,7 @@ def test_init_random_checkpoints_load_as_pretrained(tmp_path):
         set(recipe.filters) == {n for n, c in FILTERS.items() if c.default_model}
         and fragment["models"].keys() == recipe.models.keys()
     )
-    bank = ModelBank.load(recipe=recipe, device="cpu")
+    bank = load_models(recipe=recipe, device="cpu")
     assert bank.random_models == () and bank.random_heads == ()
 
     # The bank computes with exactly the saved weights.
@@ -185,7 +186,7 @@ def test_bank_loads_each_model_once_and_marks_random(bank):
         backbone=ModelConfig(init="random"),
         rov_backbone=ModelConfig(init="random"),
     )
-    two = ModelBank.load(recipe=recipe, device="cpu")
+    two = load_models(recipe=recipe, device="cpu")
     assert set(two.backbones) == {"backbone", "rov_backbone"}
     assert two.backbone("backbone") is not two.backbone("rov_backbone")
     assert two.filter_models == {"vfx": "backbone", "simcam": "backbone", "rov": "rov_backbone"}
@@ -203,21 +204,21 @@ def test_bank_loads_each_model_once_and_marks_random(bank):
 
 def test_bank_reports_recipe_mistakes(tmp_path):
     with pytest.raises(ConfigError, match="does not define"):
-        ModelBank.load(recipe=tiny_recipe(("rov",)), device="cpu")
+        load_models(recipe=tiny_recipe(("rov",)), device="cpu")
     wrong_kind = tiny_recipe(
         ("abnormal_region",), detector=ModelConfig(kind="vjepa2", init="random")
     )
     with pytest.raises(ConfigError, match="needs a yolo model"):
-        ModelBank.load(recipe=wrong_kind, device="cpu")
+        load_models(recipe=wrong_kind, device="cpu")
     no_path = tiny_recipe(("vfx",), backbone=ModelConfig())
     with pytest.raises(ConfigError, match="models.backbone.path is empty"):
-        ModelBank.load(recipe=no_path, device="cpu")
+        load_models(recipe=no_path, device="cpu")
     missing = tiny_recipe(("vfx",), backbone=ModelConfig(path=str(tmp_path)))
     with pytest.raises(ConfigError, match="lacks config.json"):
-        ModelBank.load(recipe=missing, device="cpu")
+        load_models(recipe=missing, device="cpu")
     uri = tiny_recipe(("vfx",), backbone=ModelConfig(path="oss://bucket/ckpt"))
     with pytest.raises(ConfigError, match="no resolver"):
-        ModelBank.load(recipe=uri, device="cpu")
+        load_models(recipe=uri, device="cpu")
 
 
 def test_bank_fetches_checkpoints_through_the_resolver(tmp_path):
@@ -233,7 +234,7 @@ def test_bank_fetches_checkpoints_through_the_resolver(tmp_path):
         models={"backbone": ModelConfig(path="oss://bucket/backbone")},
         filters={"low_quality": FilterConfig(head="oss://bucket/heads/low_quality.safetensors")},
     )
-    bank = ModelBank.load(recipe=recipe, device="cpu", resolve=resolve)
+    bank = load_models(recipe=recipe, device="cpu", resolve=resolve)
     assert asked == ["oss://bucket/backbone", "oss://bucket/heads/low_quality.safetensors"]
     assert bank.random_models == ()
 
@@ -342,7 +343,7 @@ def test_bank_dtype_per_device(device):
         backbone=ModelConfig(init="random"),
         detector=ModelConfig(kind="yolo", init="random"),
     )
-    bank = ModelBank.load(recipe=recipe, device=device)
+    bank = load_models(recipe=recipe, device=device)
     expected = torch.float16 if device == "cuda" else torch.float32
     backbone = bank.backbone("backbone")
     assert backbone.model.config._attn_implementation == "sdpa"

@@ -46,6 +46,7 @@ __all__ = [
     "build_filters",
     "describe_filters",
     "enabled_filters",
+    "load_models",
     "model_needs",
     "register",
 ]
@@ -65,6 +66,15 @@ def model_needs(recipe: Recipe) -> list:
     """What the recipe's enabled filters need loaded (`vqf.models.needs.ModelNeed`), in order."""
     needs = (cls.needs(name, recipe.filters[name]) for name, cls in enabled_filters(recipe).items())
     return [n for n in needs if n is not None]
+
+
+def load_models(*, recipe: Recipe, device, resolve=None, cache_dir=None) -> ModelBank:
+    """The model bank of what the recipe's enabled filters need."""
+    from vqf.models.bank import ModelBank
+
+    return ModelBank.load(
+        recipe=recipe, needs=model_needs(recipe), device=device, resolve=resolve, cache_dir=cache_dir
+    )
 
 
 def build_filters(*, recipe: Recipe, bank: ModelBank) -> dict[str, Filter]:
