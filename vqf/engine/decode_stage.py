@@ -101,6 +101,7 @@ class _Lane:
         self.stage = stage
         self.engine = stage.engine
         self.plane = self.engine.new_plane()
+        self.plane.warm_up(heads=("clip",))
         self.job: VideoJob | None = None
         self.progress = time.monotonic()
         self.abandoned = False

@@ -30,6 +30,7 @@ class DetectStage:
         self.batch = max(1, engine.recipe.decode.batch_size)
         self.timeout_s = engine.recipe.decode.timeout_s
         self.plane = engine.new_plane()
+        self.plane.warm_up(heads=("detect",))
         self.thread = threading.Thread(target=self._loop, name="vqf-detect", daemon=True)
 
     def start(self) -> None:
@@ -74,14 +75,18 @@ class DetectStage:
 
     def _detect(self, jobs: list[VideoJob]) -> list[VideoJob]:
         ready = []
+        stats = self.engine.stats
         for job in jobs:
             try:
-                ready.append((job, self._frames(job)))
+                with stats.stage("detect:frames", label=job.video_id):
+                    ready.append((job, self._frames(job)))
             except Exception as e:
                 self._fail(job, e)
         crops: dict[int, list] = {id(job): [] for job, _ in ready}
         for det in self.detectors:
-            for (job, _), result in self._run(det, ready):
+            with stats.stage(f"detect:{det.name}", items=len(ready)):
+                outcomes = self._run(det, ready)
+            for (job, _), result in outcomes:
                 if isinstance(result, BaseException):
                     self._fail(job, result)
                     continue

@@ -175,6 +175,10 @@ class Rank:
         self.bank = ModelBank.load(
             recipe=self.recipe, needs=needs, device=self.device, resolve=resolve
         )
+        s = self.recipe.sampling
+        self.bank.warm_up(
+            frames=s.whole_frames, height=s.height, width=s.width, detect_size=s.detect_size
+        )
         filters = list(build_filters(recipe=self.recipe, bank=self.bank).values())
         self.detectors = [f for f in filters if "detect" in f.reads]
         self.frame_filters = [f for f in filters if "frames" in f.reads]

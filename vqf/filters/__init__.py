@@ -73,7 +73,11 @@ def load_models(*, recipe: Recipe, device, resolve=None, cache_dir=None) -> Mode
     from vqf.models.bank import ModelBank
 
     return ModelBank.load(
-        recipe=recipe, needs=model_needs(recipe), device=device, resolve=resolve, cache_dir=cache_dir
+        recipe=recipe,
+        needs=model_needs(recipe),
+        device=device,
+        resolve=resolve,
+        cache_dir=cache_dir,
     )
 
 

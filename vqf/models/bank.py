@@ -108,6 +108,17 @@ class ModelBank:
     def head(self, filter_name: str):
         return self._pick(self.heads, filter_name, "head of filter")
 
+    def warm_up(self, *, frames: int, height: int, width: int, detect_size: int) -> None:
+        """One call of every model on blank input, before any video: the first call's one-off
+        costs (kernel selection, weight packing, CUDA context work) leave the first batch, and
+        a model that cannot run at these sizes fails here rather than on a video."""
+        import torch
+
+        for backbone in self.backbones.values():
+            backbone.encode(torch.zeros(1, frames, 3, height, width, device=self.device))
+        for detector in self.detectors.values():
+            detector.detect(torch.zeros(1, 3, detect_size, detect_size, device=self.device))
+
     def _pick(self, items: dict, name: str, what: str):
         if name not in items:
             raise ConfigError(

@@ -48,6 +48,10 @@ class SeedModels:
                 continue
             alone = replace(recipe, filters={name: spec})
             bank = ModelBank.load(recipe=alone, needs=[cls.needs(name, spec)], device=device)
+            s = recipe.sampling  # the same warm-up vqf's bank gets
+            bank.warm_up(
+                frames=s.whole_frames, height=s.height, width=s.width, detect_size=s.detect_size
+            )
             self.filters.append((cls(spec=spec, bank=bank), bank))
 
 

@@ -165,6 +165,24 @@ class VideoPlane:
             )
         return self._pipes[key]
 
+    def warm_up(self, *, heads: tuple[str, ...] = ("clip",)) -> None:
+        """Builds the pyav route's pipelines and runs each once on a blank frame, so a rank's
+        first video does not pay DALI's one-off start-up (the other routes need a real file)."""
+        from vqf.video.graph import clip_inputs, detect_inputs, run_pipeline
+
+        blank = np.zeros((1, 16, 16, 3), np.uint8)
+        for head in heads:
+            if head == "clip":
+                geometry = clip_inputs(
+                    width=16, height=16, rotation=0, roi=None, sampling=self.recipe.sampling
+                )
+            else:
+                geometry, _ = detect_inputs(
+                    width=16, height=16, rotation=0, size=self.recipe.sampling.detect_size
+                )
+            sample = {"raw": blank, **geometry}
+            run_pipeline(self.pipeline("pyav", head), {k: [v] for k, v in sample.items()})
+
     def rebuild(self, source: str, head: str) -> None:
         """Drops a pipeline DALI invalidated after an operator error; the next use rebuilds."""
         self.rebuilds += 1
