@@ -172,3 +172,28 @@ def test_decode_runs_while_the_models_work(tmp_path, video_factory, monkeypatch)
 
     both = overlap_seconds(rank.stats.spans, "decode", "model")
     assert both > 0.05, both
+
+
+def test_a_stream_nvdec_refuses_is_decoded_on_the_cpu_and_counted(
+    tmp_path, video_factory, monkeypatch
+):
+    """NVDEC rejecting a stream (Hopper's decoder has size, level and profile limits) costs the
+    video nothing: it is decoded again through FFmpeg and the fallback is counted. Here the
+    refusal is real: this machine's DALI has no mixed (GPU) decoder to run the route on."""
+    import dataclasses
+
+    import vqf.video.plane as plane_module
+
+    real_probe = plane_module.probe
+
+    def probe_nvdec(*args, **kwargs):
+        return dataclasses.replace(real_probe(*args, **kwargs), route="nvdec")
+
+    monkeypatch.setattr(plane_module, "probe", probe_nvdec)
+    videos = {f"v{i}": video_factory(codec="h264", seconds=2, seed=i) for i in range(2)}
+    recipe, out = lean(tmp_path, videos)
+    rank, snap = run_rank(recipe)
+    rows = rows_of(out)
+    assert all(r["result_info"]["succeed"] == "true" for r in rows.values()), rows
+    assert {r["result_info"]["decode_route"] for r in rows.values()} == {"pyav"}
+    assert snap["counters"]["fallback_nvdec_to_cpu"] == 2

@@ -126,11 +126,28 @@ class _Lane:
                 self.job = None
 
     def _decode(self, job: VideoJob) -> None:
+        try:
+            self._decode_on(job, job.prepared)
+        except VideoError as e:
+            if job.prepared.route != "nvdec" or self.abandoned or job.closed:
+                self.engine.fail(job, e)
+                return
+            # NVDEC refused the stream: once more on the CPU, counted where operators look
+            log.warning("%s: NVDEC failed (%s); decoding on the CPU", job.video_id, e.message)
+            self.engine.stats.add("fallback_nvdec_to_cpu")
+            job.prepared = job.prepared.on_cpu(f"nvdec failed: {e.message}")
+            try:
+                self._decode_on(job, job.prepared)
+            except VideoError as again:
+                self.engine.fail(job, again)
+
+    def _decode_on(self, job: VideoJob, prepared) -> None:
+        """Streams `prepared` into clips; raises VideoError when the decode fails."""
         engine = self.engine
-        prepared = job.prepared
         assembler = ClipAssembler(prepared.plan, kinds=engine.models.kinds, budget=engine.budget)
         measures = engine.frame_measures(prepared)
         counter = {"decoded": 0}
+        sent = 0
         try:
             engine.entering([job], "decode")
             chunks = self.plane.stream(prepared, roi=job.roi, counter=counter)
@@ -149,6 +166,7 @@ class _Lane:
                     pieces = assembler.add(chunk.start, chunk.frames)
                     engine.stats.add("frames_decoded_planned", int(chunk.frames.shape[0]))
                 for piece in pieces:
+                    sent += 1
                     if not engine.models.submit(job, piece, alive=self._wanted(job)):
                         assembler.discard()
                         return
@@ -163,8 +181,11 @@ class _Lane:
             assembler.discard()
             if self.abandoned:
                 return
-            engine.fail(job, as_video_error(e, Stage.DECODE))
-            return
+            error = as_video_error(e, Stage.DECODE)
+            if sent or error.type != ErrorType.DECODE_FAILED:
+                engine.fail(job, error)  # clips already went to the models: no second try
+                return
+            raise error from None
         job.frames_decoded += counter["decoded"]
         engine.stats.add("frames_decoded", counter["decoded"])
         engine.stats.add("frames_spanned", int(prepared.plan.frames[-1]) + 1)

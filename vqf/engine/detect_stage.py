@@ -58,7 +58,16 @@ class DetectStage:
 
         def frames():
             self.engine.entering([job], "detect")
-            return plane.detect_frames(job.prepared)
+            try:
+                return plane.detect_frames(job.prepared)
+            except VideoError as e:
+                if job.prepared.route != "nvdec" or e.type != ErrorType.DECODE_FAILED:
+                    raise
+                # NVDEC refused the stream: this video goes through FFmpeg from here on
+                log.warning("%s: NVDEC failed (%s); decoding on the CPU", job.video_id, e.message)
+                self.engine.stats.add("fallback_nvdec_to_cpu")
+                job.prepared = job.prepared.on_cpu(f"nvdec failed: {e.message}")
+                return plane.detect_frames(job.prepared)
 
         try:
             return call_with_deadline(frames, seconds=self.timeout_s, name="vqf-detect")

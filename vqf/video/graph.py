@@ -85,7 +85,11 @@ def _source(source: Source, *, gpu: bool):
         indices = fn.external_source(name="frames", dtype=types.INT32, ndim=1)
         decoder = "mixed" if source == "nvdec" else "cpu"
         # pad_mode "none": a frame the stream lacks is an error, never a silent black frame
-        frames = fn.decoders.video(encoded, frames=indices, device=decoder, pad_mode="none")
+        # affine=False: several pipelines and ranks share the host's cores, none pins them
+        options = {"affine": False} if decoder == "mixed" else {}
+        frames = fn.decoders.video(
+            encoded, frames=indices, device=decoder, pad_mode="none", **options
+        )
     return frames.gpu() if gpu and source != "nvdec" else frames
 
 

@@ -52,6 +52,14 @@ class Prepared:
     def route(self) -> str:
         return self.info.route
 
+    def on_cpu(self, reason: str) -> Prepared:
+        """The same video routed through FFmpeg on the CPU (NVDEC refused it: a size, level
+        or profile past what this GPU's decoder takes); the graph and its output are the same."""
+        import dataclasses
+
+        info = dataclasses.replace(self.info, route="pyav", route_reason=reason[:200])
+        return dataclasses.replace(self, info=info)
+
 
 @dataclass(eq=False)
 class Decoded:
