@@ -41,17 +41,27 @@ class DecodeStage:
         self._running = 0
         self.replaced = 0
         self.finished = threading.Event()
+        self._made = 0
+
+        # lanes are made (and their pipelines warmed up) before any stage starts
+        self._ready = [self._lane() for _ in range(lanes)]
 
     def start(self) -> None:
-        for _ in range(self.size):
-            self._spawn()
+        for lane in self._ready:
+            self._launch(lane)
 
-    def _spawn(self) -> None:
-        lane = _Lane(self, name=f"vqf-decode-{len(self._lanes)}")
+    def _lane(self) -> _Lane:
+        self._made += 1
+        return _Lane(self, name=f"vqf-decode-{self._made - 1}")
+
+    def _launch(self, lane: _Lane) -> None:
         with self._lock:
             self._lanes.append(lane)
             self._running += 1
         lane.thread.start()
+
+    def _spawn(self) -> None:
+        self._launch(self._lane())
 
     def lane_done(self, lane: _Lane) -> None:
         """A lane saw END: the last one to stop ends the model stage's input."""

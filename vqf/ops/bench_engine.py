@@ -81,14 +81,19 @@ def scheduler(*, videos: int, decode_ms: float, model_ms: float, lanes: int, wor
     spans = rank.stats.spans
     first = min(s[2] for s in spans if s[0] == "fetch")
     last = max(s[3] for s in spans if s[0] == "write")
-    rate = snap["counters"].get("succeeded", 0) / (last - first)
-    decode_cost = decode_ms / 1000 / lanes
+    done = snap["counters"].get("succeeded", 0)
+    rate = done / (last - first)
+    # each stage's measured cost per video: the stand-in's sleep plus the real work around it
+    decode_s = snap["stage_seconds"].get("decode", 0.0) / max(done, 1) / lanes
+    model_s = snap["stage_seconds"].get("model", 0.0) / max(done, 1)
     return {
         "videos": videos,
-        "succeeded": snap["counters"].get("succeeded", 0),
+        "succeeded": done,
         "videos_per_s": rate,
-        "pipeline_bound": 1 / max(decode_cost, model_ms / 1000),
-        "serial_bound": 1 / (decode_ms / 1000 + model_ms / 1000),
+        "decode_s": decode_s,
+        "model_s": model_s,
+        "pipeline_bound": 1 / max(decode_s, model_s),
+        "serial_bound": 1 / (decode_s * lanes + model_s),
     }
 
 
@@ -154,6 +159,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.what == "scheduler":
         r = scheduler(videos=args.videos, decode_ms=args.decode_ms, model_ms=args.model_ms,
                       lanes=args.lanes, workdir=workdir)  # fmt: skip
+        print(
+            f"stage cost per video (measured): decode {r['decode_s'] * 1000:.0f} ms "
+            f"(stand-in {args.decode_ms:g} ms / {args.lanes} lane(s)), models "
+            f"{r['model_s'] * 1000:.0f} ms (stand-in {args.model_ms:g} ms)"
+        )
         print(
             f"scheduler: {r['succeeded']}/{r['videos']} videos, {r['videos_per_s']:.2f} videos/s; "
             f"pipeline bound 1/max(stage) = {r['pipeline_bound']:.2f} "
