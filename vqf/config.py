@@ -97,14 +97,24 @@ class DecodeConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """One model instance per GPU. `path` is a local folder or a storage URI (oss://...)."""
+    """One model instance per GPU. `path` is a local folder or a storage URI (oss://...).
+
+    `dtype: auto` is bf16 on GPUs that have it (Ampere and later), fp16 on older CUDA GPUs and
+    fp32 on the CPU; the old spellings float16, bfloat16 and float32 are read as fp16, bf16, fp32.
+    """
 
     kind: Literal["vjepa2", "yolo"] = "vjepa2"
     path: str = ""
     init: Literal["pretrained", "random"] = "pretrained"
     size: Literal["tiny", "large", "giant"] = "tiny"
     batch_size: int = 8
-    dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
+    dtype: Literal["auto", "bf16", "fp16", "fp32", "bfloat16", "float16", "float32"] = "auto"
+
+    def __post_init__(self):
+        object.__setattr__(self, "dtype", DTYPE_ALIASES.get(self.dtype, self.dtype))
+
+
+DTYPE_ALIASES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 
 
 @dataclass(frozen=True)

@@ -142,7 +142,7 @@ class ModelBank:
     def _load_detector(
         self, name: str, model: ModelConfig, *, names, resolve: Resolver | None, config_dir
     ) -> Detector:
-        dtype = resolve_dtype(model.dtype, self.device)
+        dtype = resolve_dtype(model.dtype, self.device, bf16=False)
         if model.init == "random":
             network = random_network(names=names, seed=seed_for(name), config_dir=config_dir)
         else:
