@@ -30,6 +30,11 @@ class OssConfig:
     OSS_ACCESS_KEY_SECRET, OSS_ENDPOINT) unless given here; they are never written out."""
 
     endpoint: str = ""
+    # Requests are signed with OSS's V4 scheme, which needs the region id (cn-hangzhou);
+    # empty = OSS_REGION, else derived from an Alibaba Cloud endpoint (oss-cn-hangzhou...).
+    # `signature: v1` only for servers that do not speak V4.
+    region: str = ""
+    signature: Literal["v4", "v1"] = "v4"
     access_key_id: str = ""
     access_key_secret: str = ""
     retries: int = 5
