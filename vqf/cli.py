@@ -63,7 +63,10 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a recipe over a table of videos")
     _recipe_args(run)
     run.add_argument(
-        "--gpus", type=int, default=0, help="ranks to spawn on this machine (default: 1)"
+        "--gpus",
+        type=int,
+        default=None,
+        help="ranks to spawn on this machine (default: the recipe's engine.gpus, else 1)",
     )
     run.add_argument(
         "--dashboard",
@@ -195,7 +198,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if rank == 0:
         write_resolved(recipe, resolved_config_path(recipe))
     status = make_status(mode=args.dashboard)
-    snaps = run_job(recipe, ranks=max(1, args.gpus), status=status)
+    gpus = recipe.engine.gpus if args.gpus is None else args.gpus
+    if gpus < 0:
+        raise ConfigError(f"--gpus {gpus} is not allowed", hint="0 or more ranks")
+    snaps = run_job(recipe, ranks=max(1, gpus), status=status)
     if rank == 0 and snaps:
         print(f"outputs: {recipe.outputs}")
         if recipe.demo.generate and "://" not in recipe.outputs:

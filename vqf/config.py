@@ -135,7 +135,8 @@ class FilterConfig:
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """The rank process."""
+    """The rank process. `gpus`: ranks `vqf run` spawns on this machine when `--gpus` is not
+    given (0 = one rank); torchrun's environment, when present, decides instead."""
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
     gpus: int = 0
@@ -315,6 +316,11 @@ def _check_references(recipe: Recipe) -> None:
                 f"filters.{name}.model = {spec.model!r} names no model",
                 hint=f"models in this recipe: {', '.join(recipe.models) or 'none'}",
             )
+    if recipe.engine.gpus < 0:
+        raise ConfigError(
+            f"engine.gpus = {recipe.engine.gpus} is not allowed",
+            hint="0 (one rank) or the number of ranks to spawn on this machine",
+        )
     if recipe.decode.batch_size < 1 or recipe.engine.clip_batch < 1:
         raise ConfigError("decode.batch_size and engine.clip_batch must be at least 1")
     if recipe.sampling.whole_frames < 1 or recipe.sampling.window_frames < 1:
