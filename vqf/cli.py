@@ -242,8 +242,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from vqf.ops.doctor import report
 
     recipe = load_recipe(args.recipe) if args.recipe else None
-    print(report(recipe))
-    return 0
+    text = report(recipe)
+    print(text)
+    return 1 if "[FAIL]" in text else 0  # an install that cannot work; [MISS] is only absent
 
 
 def cmd_list(args: argparse.Namespace) -> int:
