@@ -2,7 +2,7 @@
 
 It speaks enough of the OSS object API for the storage tier: GET object (with Range), HEAD
 object, PUT object, GET bucket (list objects), and OSS's XML errors. Signatures are not
-checked. oss2 addresses an IP endpoint path-style (`/bucket/key`, the key URL-quoted with
+checked; the request log keeps every header (Authorization too) for tests to read. oss2 addresses an IP endpoint path-style (`/bucket/key`, the key URL-quoted with
 '/' as %2F); a virtual-host style Host (`bucket.host`) is understood too.
 """
 
@@ -275,8 +275,7 @@ class _Handler(BaseHTTPRequestHandler):
         extra = ""
         if status == 403:
             # Real OSS echoes the caller's access key id in signature errors.
-            auth = self.headers.get("Authorization") or ""
-            key_id = auth.partition(" ")[2].partition(":")[0]
+            key_id = access_key_id(self.headers.get("Authorization") or "")
             extra = f"<OSSAccessKeyId>{escape(key_id)}</OSSAccessKeyId>"
             message = f"{message} AccessKeyId {key_id}"
         request_id = uuid.uuid4().hex[:24].upper()
@@ -307,6 +306,15 @@ class _Handler(BaseHTTPRequestHandler):
         self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.close_connection = True
         self.connection.close()
+
+
+def access_key_id(authorization: str) -> str:
+    """The caller's key id in a V1 (`OSS id:signature`) or V4 (`OSS4-HMAC-SHA256
+    Credential=id/date/region/oss/aliyun_v4_request, ...`) Authorization header."""
+    scheme, _, rest = authorization.partition(" ")
+    if scheme == "OSS4-HMAC-SHA256":
+        return rest.partition("Credential=")[2].partition("/")[0]
+    return rest.partition(":")[0]
 
 
 def _parse_range(header: str, size: int) -> tuple[int, int] | str | None:

@@ -144,3 +144,22 @@ def test_output_records_have_the_seed_columns():
     result = json.loads(bad["result_info"])
     assert result["succeed"] == "false"
     assert result["error"] == {"type": "not_found", "message": "no tier has it", "stage": "fetch"}
+
+
+def test_engine_gpus_is_the_default_for_run_gpus(tmp_path, monkeypatch):
+    """`engine.gpus` is read: it gives `vqf run` its rank count unless --gpus says otherwise."""
+    import vqf.engine.launch as launch
+    from vqf.cli import main
+
+    asked = []
+    monkeypatch.setattr(launch, "run_job", lambda recipe, ranks, status: asked.append(ranks))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        f"tables: {tmp_path / 'in.jsonl'}\noutputs: {tmp_path / 'out'}\n"
+        "filters: {motion: {}}\nengine: {gpus: 3}\n"
+    )
+    for extra, ranks in (([], 3), (["--gpus", "2"], 2), (["--set", "engine.gpus=0"], 1)):
+        assert main(["run", str(recipe), "--dashboard", "plain", *extra]) == 0
+        assert asked.pop() == ranks
+    with pytest.raises(ConfigError, match="engine.gpus = -1"):
+        load_recipe(recipe, overrides=["engine.gpus=-1"])

@@ -36,7 +36,11 @@ LEAN = [
     "--set", "filters.borders.enable=false", "--set", "demo.generate=false",
     "--set", "engine.writer_flush_rows=1",
 ]  # fmt: skip
-OSS_ENV = {"OSS_ACCESS_KEY_ID": "test-key-id", "OSS_ACCESS_KEY_SECRET": "test-key-secret"}
+OSS_ENV = {
+    "OSS_ACCESS_KEY_ID": "test-key-id",
+    "OSS_ACCESS_KEY_SECRET": "test-key-secret",
+    "OSS_REGION": "cn-test",  # the loopback endpoint names no region; V4 signing needs one
+}
 
 
 def start(*args: str, cwd: Path, env: dict | None = None) -> subprocess.Popen:

@@ -337,14 +337,18 @@ def test_letterbox_maps_boxes_back_to_frame_pixels():
 
 
 def test_bank_dtype_per_device(device):
-    """FP16 with SDPA on CUDA, float32 on CPU; heads follow their backbone."""
+    """bf16 backbones with SDPA on CUDA (fp16 on GPUs without bf16; the detector fp16),
+    float32 on CPU; heads follow their backbone."""
     recipe = tiny_recipe(
         ("vfx", "abnormal_region"),
         backbone=ModelConfig(init="random"),
         detector=ModelConfig(kind="yolo", init="random"),
     )
     bank = load_models(recipe=recipe, device=device)
-    expected = torch.float16 if device == "cuda" else torch.float32
+    detector_dtype = torch.float16 if device == "cuda" else torch.float32
+    expected = detector_dtype
+    if device == "cuda" and torch.cuda.get_device_capability()[0] >= 8:
+        expected = torch.bfloat16
     backbone = bank.backbone("backbone")
     assert backbone.model.config._attn_implementation == "sdpa"
     tokens = backbone.encode(clips(2))
@@ -352,6 +356,6 @@ def test_bank_dtype_per_device(device):
     probs = bank.head("vfx")(tokens)
     assert probs.dtype == torch.float32
     torch.testing.assert_close(probs.sum(dim=1), torch.ones(2, device=device))
-    assert next(bank.detector("detector").network.parameters()).dtype == expected
+    assert next(bank.detector("detector").network.parameters()).dtype == detector_dtype
     found = bank.detector("detector").detect(torch.rand(1, 3, DETECT, DETECT), conf=0.0, max_det=3)
     assert found[0].shape == (3, 6)

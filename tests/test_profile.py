@@ -236,6 +236,12 @@ def test_profile_runs_the_pipeline_and_writes_trace_and_summary(sample, device, 
     else:
         assert summary["floors"]["tflop_per_video"] == pytest.approx(workload["tflop_per_video"])
         assert f"floors on {summary['floors']['gpu']}" in report
+    # each backbone's precision and its first-batch finite check
+    dtype = "fp32" if device == "cpu" else summary["precision"]["backbone"]["dtype"]
+    assert summary["precision"] == {
+        name: {"dtype": dtype, "finite": True} for name in ("backbone", "rov_backbone")
+    }
+    assert f"precision: backbone {dtype} (finite), rov_backbone {dtype} (finite)" in report
     assert summary["baseline"]["succeeded"] == 2 and summary["baseline"]["speedup"] > 0
     assert "baseline (the seed's design" in report
     assert format_report(summary) == report.rstrip("\n")

@@ -64,7 +64,10 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a recipe over a table of videos")
     _recipe_args(run)
     run.add_argument(
-        "--gpus", type=int, default=0, help="ranks to spawn on this machine (default: 1)"
+        "--gpus",
+        type=int,
+        default=None,
+        help="ranks to spawn on this machine (default: the recipe's engine.gpus, else 1)",
     )
     run.add_argument(
         "--dashboard",
@@ -106,6 +109,39 @@ def _parser() -> argparse.ArgumentParser:
     init.add_argument("--size", default="tiny", choices=["tiny", "large", "giant"])
     init.add_argument("--seed", type=int, default=0)
     init.set_defaults(func=cmd_models_init_random)
+    imp = msub.add_parser(
+        "import",
+        help="write a Hugging Face V-JEPA 2 folder, a VJEPA2ForVideoClassification folder or a "
+        "head state dict into vqf's checkpoint layout",
+        description="Writes SOURCE into the checkpoint folder DIR (backbone folder, "
+        "heads/<name>.safetensors, and recipe.yaml merged with earlier imports).",
+        epilog=_import_layouts(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    imp.add_argument("source", help="a V-JEPA 2 folder, or a .pt/.pth/.bin/.safetensors head")
+    imp.add_argument("dir", help="the checkpoint folder to write into")
+    imp.add_argument(
+        "--name",
+        default="",
+        help="model name of a backbone (default backbone), or file stem of a head",
+    )
+    imp.add_argument(
+        "--filter", default="", help="the filter the head is for: its labels, its recipe entry"
+    )
+    imp.add_argument("--labels", default=None, help="comma-separated labels, in class order")
+    imp.add_argument(
+        "--rename",
+        action="append",
+        default=[],
+        metavar="OLD=NEW",
+        help="rewrite a key prefix of a head file before reading it (repeatable)",
+    )
+    imp.add_argument("--num-heads", type=int, default=0, help="attention heads of the head")
+    imp.add_argument("--norm-eps", type=float, default=None, help="LayerNorm epsilon of the head")
+    imp.add_argument(
+        "--index", type=int, default=None, help="which of a checkpoint's classifiers[] to take"
+    )
+    imp.set_defaults(func=cmd_models_import)
 
     for name, help_text in (
         ("bench-video", "decode benchmark of the video plane (prints numbers)"),
@@ -167,7 +203,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if rank == 0:
         write_resolved(recipe, resolved_config_path(recipe))
     status = make_status(mode=args.dashboard)
-    snaps = run_job(recipe, ranks=max(1, args.gpus), status=status)
+    gpus = recipe.engine.gpus if args.gpus is None else args.gpus
+    if gpus < 0:
+        raise ConfigError(f"--gpus {gpus} is not allowed", hint="0 or more ranks")
+    snaps = run_job(recipe, ranks=max(1, gpus), status=status)
     if rank == 0 and snaps:
         print(f"outputs: {recipe.outputs}")
         if recipe.demo.generate and "://" not in recipe.outputs:
@@ -208,8 +247,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from vqf.ops.doctor import report
 
     recipe = load_recipe(args.recipe) if args.recipe else None
-    print(report(recipe))
-    return 0
+    text = report(recipe)
+    print(text)
+    return 1 if "[FAIL]" in text else 0  # an install that cannot work; [MISS] is only absent
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -234,6 +274,37 @@ def cmd_models_init_random(args: argparse.Namespace) -> int:
     print(f"wrote random {args.size} checkpoints under {args.dir}")
     if out:
         print(out)
+    return 0
+
+
+def _import_layouts() -> str:
+    """The key layouts a head file may be in (head_layouts.py's docstring), for --help."""
+    from vqf.models import head_layouts
+
+    return (head_layouts.__doc__ or "").partition("\n\n")[2]
+
+
+def cmd_models_import(args: argparse.Namespace) -> int:
+    from vqf.models.importer import import_checkpoint
+
+    labels = [x.strip() for x in args.labels.split(",") if x.strip()] if args.labels else None
+    result = import_checkpoint(
+        args.source,
+        args.dir,
+        name=args.name,
+        filter_name=args.filter,
+        labels=labels,
+        rename=args.rename,
+        num_heads=args.num_heads,
+        norm_eps=args.norm_eps,
+        index=args.index,
+    )
+    print(result.summary())
+    if result.fragment:
+        import yaml
+
+        print("recipe fragment (also in DIR/recipe.yaml):")
+        print(yaml.safe_dump(result.fragment, sort_keys=False).rstrip())
     return 0
 
 

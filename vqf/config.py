@@ -30,6 +30,11 @@ class OssConfig:
     OSS_ACCESS_KEY_SECRET, OSS_ENDPOINT) unless given here; they are never written out."""
 
     endpoint: str = ""
+    # Requests are signed with OSS's V4 scheme, which needs the region id (cn-hangzhou);
+    # empty = OSS_REGION, else derived from an Alibaba Cloud endpoint (oss-cn-hangzhou...).
+    # `signature: v1` only for servers that do not speak V4.
+    region: str = ""
+    signature: Literal["v4", "v1"] = "v4"
     access_key_id: str = ""
     access_key_secret: str = ""
     retries: int = 5
@@ -108,14 +113,24 @@ class DecodeConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """One model instance per GPU. `path` is a local folder or a storage URI (oss://...)."""
+    """One model instance per GPU. `path` is a local folder or a storage URI (oss://...).
+
+    `dtype: auto` is bf16 on GPUs that have it (Ampere and later), fp16 on older CUDA GPUs and
+    fp32 on the CPU; the old spellings float16, bfloat16 and float32 are read as fp16, bf16, fp32.
+    """
 
     kind: Literal["vjepa2", "yolo"] = "vjepa2"
     path: str = ""
     init: Literal["pretrained", "random"] = "pretrained"
     size: Literal["tiny", "large", "giant"] = "tiny"
     batch_size: int = 8
-    dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
+    dtype: Literal["auto", "bf16", "fp16", "fp32", "bfloat16", "float16", "float32"] = "auto"
+
+    def __post_init__(self):
+        object.__setattr__(self, "dtype", DTYPE_ALIASES.get(self.dtype, self.dtype))
+
+
+DTYPE_ALIASES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 
 
 @dataclass(frozen=True)
@@ -166,7 +181,8 @@ class FilterConfig:
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """The rank process."""
+    """The rank process. `gpus`: ranks `vqf run` spawns on this machine when `--gpus` is not
+    given (0 = one rank); torchrun's environment, when present, decides instead."""
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
     gpus: int = 0
@@ -375,6 +391,11 @@ def _check_references(recipe: Recipe) -> None:
                 f"filters.{name}.export.enable = true, but {name!r} finds no crop to export",
                 hint="set export under filters.abnormal_region",
             )
+    if recipe.engine.gpus < 0:
+        raise ConfigError(
+            f"engine.gpus = {recipe.engine.gpus} is not allowed",
+            hint="0 (one rank) or the number of ranks to spawn on this machine",
+        )
     if recipe.decode.batch_size < 1 or recipe.engine.clip_batch < 1:
         raise ConfigError("decode.batch_size and engine.clip_batch must be at least 1")
     d = recipe.decode

@@ -28,6 +28,7 @@ class RankStats:
         self.total = 0
         self.queues: dict[str, Any] = {}  # name -> anything with qsize()
         self.probes: dict[str, Any] = {}  # snapshot key -> callable read at each snapshot
+        self._nvtx = _nvtx(device)
 
     def add(self, key: str, n: float = 1) -> None:
         with self._lock:
@@ -40,11 +41,16 @@ class RankStats:
 
     @contextmanager
     def stage(self, name: str, *, items: int = 1, label: str = ""):
-        """Times a stage; spans are kept for the profiler's trace when `keep_spans` is set."""
+        """Times a stage; spans are kept for the profiler's trace when `keep_spans` is set.
+        On CUDA the stage is also an NVTX range, so Nsight Systems shows the pipeline."""
         start = time.time()
+        if self._nvtx is not None:
+            self._nvtx.range_push(f"{name} {label}" if label else name)
         try:
             yield
         finally:
+            if self._nvtx is not None:
+                self._nvtx.range_pop()
             end = time.time()
             with self._lock:
                 self.stage_seconds[name] += end - start
@@ -86,3 +92,12 @@ class Gauge:
 
     def __init__(self, read):
         self.qsize = read
+
+
+def _nvtx(device: str):
+    """torch's NVTX module on a CUDA rank (ranges are per thread, as the stages are), else None."""
+    if not str(device).startswith("cuda"):
+        return None
+    import torch.cuda.nvtx
+
+    return torch.cuda.nvtx

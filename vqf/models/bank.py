@@ -116,6 +116,7 @@ class ModelBank:
 
         for backbone in self.backbones.values():
             backbone.encode(torch.zeros(1, frames, 3, height, width, device=self.device))
+            backbone.finite = None  # the finite check is for the first real batch
         for detector in self.detectors.values():
             detector.detect(torch.zeros(1, 3, detect_size, detect_size, device=self.device))
 
@@ -146,7 +147,7 @@ class ModelBank:
     def _load_detector(
         self, name: str, model: ModelConfig, *, names, resolve: Resolver | None, config_dir
     ) -> Detector:
-        dtype = resolve_dtype(model.dtype, self.device)
+        dtype = resolve_dtype(model.dtype, self.device, bf16=False)
         if model.init == "random":
             network = random_network(names=names, seed=seed_for(name), config_dir=config_dir)
         else:

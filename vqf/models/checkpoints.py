@@ -6,7 +6,8 @@ use the same files):
     DIR/
       backbone/            V-JEPA 2 encoder, a Hugging Face folder (VJEPA2Model.save_pretrained):
         config.json          VJEPA2Config (hidden_size, num_hidden_layers, crop_size, ...)
-        model.safetensors    keys encoder.* and predictor.* (the predictor is never run)
+        model.safetensors    keys encoder.*; predictor.* (init-random writes it) is skipped
+                             at load: the predictor is never built nor run
       rov_backbone/        the rotation filter's own backbone, same files
       detector/
         detector.safetensors YOLOv8 DetectionModel state dict (keys model.0.conv.weight, ...,
@@ -16,13 +17,14 @@ use the same files):
       heads/<filter>.safetensors
                            one head per filter; header metadata: format="vqf-head/1",
                            kind ("linear" | "attentive"), labels (JSON list), dim, num_blocks,
-                           num_heads, mlp_ratio. Linear keys: linear.weight, linear.bias.
+                           num_heads, mlp_ratio, norm_eps. Linear keys: linear.weight, linear.bias.
                            Attentive keys: query, blocks.<i>.*, cross.{norm1,attn.q,attn.kv,
                            attn.proj,norm2,mlp.0,mlp.2}.*, linear.*
       recipe.yaml          `models:` and `filters:` sections pointing at these files
       README.md            this listing, for whoever finds the folder
 
-Every file is safetensors or JSON/YAML: loading never unpickles anything.
+Every file is safetensors or JSON/YAML: loading never unpickles anything. `vqf models import`
+(importer.py) writes this layout from Hugging Face folders and other head layouts.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 A head file is one safetensors file: the state dict, plus header metadata (all strings)
 `format` = "vqf-head/1", `kind` ("linear" | "attentive"), `labels` (a JSON list), `dim`,
-`num_blocks`, `num_heads`, `mlp_ratio`. Nothing is ever unpickled.
+`num_blocks`, `num_heads`, `mlp_ratio`, `norm_eps` (the LayerNorms' epsilon; 1e-6 when absent).
+Nothing is ever unpickled. `vqf models import` writes these files from other layouts.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class LinearHead(nn.Module):
         self.num_blocks = 0
         self.num_heads = 0
         self.mlp_ratio = 0.0
+        self.norm_eps = 0.0
         self.linear = nn.Linear(dim, len(self.labels))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -63,12 +65,12 @@ class _Attention(nn.Module):
 class _Block(nn.Module):
     """Pre-norm transformer block; cross-attends to `context` when one is given."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, norm_eps: float = 1e-6):
         super().__init__()
         hidden = int(dim * mlp_ratio)
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = _Attention(dim, num_heads)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
@@ -94,6 +96,7 @@ class AttentiveHead(nn.Module):
         num_blocks: int = 0,
         num_heads: int = 0,
         mlp_ratio: float = 4.0,
+        norm_eps: float = 1e-6,
     ):
         super().__init__()
         num_heads = num_heads or _default_heads(dim)
@@ -104,9 +107,12 @@ class AttentiveHead(nn.Module):
         self.num_blocks = num_blocks
         self.num_heads = num_heads
         self.mlp_ratio = float(mlp_ratio)
-        self.blocks = nn.ModuleList(_Block(dim, num_heads, mlp_ratio) for _ in range(num_blocks))
+        self.norm_eps = float(norm_eps)
+        self.blocks = nn.ModuleList(
+            _Block(dim, num_heads, mlp_ratio, norm_eps) for _ in range(num_blocks)
+        )
         self.query = nn.Parameter(torch.zeros(1, 1, dim))
-        self.cross = _Block(dim, num_heads, mlp_ratio)
+        self.cross = _Block(dim, num_heads, mlp_ratio, norm_eps)
         self.linear = nn.Linear(dim, len(self.labels))
         nn.init.trunc_normal_(self.query, std=0.02)
 
@@ -155,6 +161,7 @@ def save_head(head: Head, path: str | Path) -> Path:
         "num_blocks": str(head.num_blocks),
         "num_heads": str(head.num_heads),
         "mlp_ratio": repr(head.mlp_ratio),
+        "norm_eps": repr(head.norm_eps),
     }
     save_file(state, str(path), metadata=metadata)
     return path
@@ -184,6 +191,7 @@ def load_head(path: str | Path) -> Head:
                 num_blocks=int(meta["num_blocks"]),
                 num_heads=int(meta["num_heads"]),
                 mlp_ratio=float(meta["mlp_ratio"]),
+                norm_eps=float(meta.get("norm_eps", "1e-06")),
             )
         head.load_state_dict(state, strict=True)
     except (KeyError, ValueError, RuntimeError) as e:

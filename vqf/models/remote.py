@@ -13,7 +13,7 @@ barrier), and the others read the leader's markers. Wiring in the rank:
 ```
 resolve = localize_checkpoints(recipe, fetcher=self.fetcher, root=root,
                                leader=local_rank == 0, wait=group.barrier if group else lambda: None)
-bank = ModelBank.load(recipe=recipe, device=device, resolve=resolve)
+bank = ModelBank.load(recipe=recipe, needs=model_needs(recipe), device=device, resolve=resolve)
 ```
 """
 

@@ -98,15 +98,19 @@ def _nvml_module():
         return _nvml or None
 
 
-def _nvml_index(device: str) -> int:
-    """NVML counts every GPU; torch's cuda:N counts those CUDA_VISIBLE_DEVICES lets it see."""
+def _nvml_handle(nvml, device: str):
+    """The NVML handle of torch's cuda:N. NVML counts every GPU; torch counts those
+    CUDA_VISIBLE_DEVICES lets it see, given there by index or by UUID (GPU-..., MIG-...)."""
     index = int(device.partition(":")[2] or 0)
     visible = [
         v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()
     ]
-    if index < len(visible) and visible[index].isdigit():
-        return int(visible[index])
-    return index
+    if index < len(visible):
+        if visible[index].isdigit():
+            return nvml.nvmlDeviceGetHandleByIndex(int(visible[index]))
+        if visible[index].startswith(("GPU-", "MIG-")):
+            return nvml.nvmlDeviceGetHandleByUUID(visible[index])
+    return nvml.nvmlDeviceGetHandleByIndex(index)
 
 
 def gpu_reading(device: str) -> dict[str, float] | None:
@@ -117,7 +121,7 @@ def gpu_reading(device: str) -> dict[str, float] | None:
     if nvml is None:
         return None
     try:
-        handle = nvml.nvmlDeviceGetHandleByIndex(_nvml_index(device))
+        handle = _nvml_handle(nvml, device)
         util = nvml.nvmlDeviceGetUtilizationRates(handle)
         mem = nvml.nvmlDeviceGetMemoryInfo(handle)
         nvdec = nvml.nvmlDeviceGetDecoderUtilization(handle)[0]

@@ -145,6 +145,7 @@ def profile(
         "stages": [r.as_dict() for r in rows],
         "bottleneck": bottleneck(rows),
         "gpu": sampler.summary(),
+        "precision": _precision(rank),
         "workload": _workload(loads),
         "streaming": _streaming(spans, snap, processing),
         "floors": None,
@@ -187,6 +188,27 @@ def _streaming(spans, snap: dict[str, Any], processing: float) -> dict[str, Any]
     }
 
 
+def _precision(rank) -> dict[str, dict[str, Any]]:
+    """Each backbone's dtype and its finite check (None: no batch was encoded)."""
+    from vqf.models.backbone import dtype_name
+
+    bank = getattr(rank, "bank", None)
+    backbones = bank.backbones if bank is not None else {}
+    return {
+        name: {"dtype": dtype_name(b.dtype), "finite": b.finite} for name, b in backbones.items()
+    }
+
+
+def _precision_line(result: dict[str, Any]) -> str:
+    parts = []
+    for name, p in (result.get("precision") or {}).items():
+        state = {True: "finite", None: "not checked: no clip encoded"}.get(
+            p["finite"], f"INF/NaN tokens: set models.{name}.dtype: fp32"
+        )
+        parts.append(f"{name} {p['dtype']} ({state})")
+    return "precision: " + (", ".join(parts) or "no backbones")
+
+
 def _workload(loads: list[VideoLoad]) -> dict[str, Any]:
     n = max(len(loads), 1)
     shared = sum(v.flops for v in loads) / n
@@ -227,6 +249,7 @@ def format_report(result: dict[str, Any]) -> str:
         if gpu
         else "GPU: n/a (no GPU, or nvidia-ml-py not installed)"
     )
+    lines.append(_precision_line(result))
     w = result["workload"]
     lines.append(
         f"workload: {w['videos']} videos, {w['frames_decoded_per_video']:.0f} frames decoded per "
@@ -310,7 +333,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
         peak_tflops=args.peak_tflops,
     )
     print(format_report(result))
-    return 0
+    # Non-finite tokens make every score meaningless: the profile fails, not just reports.
+    return 1 if any(p["finite"] is False for p in result["precision"].values()) else 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,7 @@ from vqf.storage.cache import Cache, node_share
 from vqf.storage.secret import redact
 
 # Only these are read from the environment (and carried when the fetcher is pickled).
-ENV_KEYS = ("OSS_ENDPOINT", "OSS_ACCESS_KEY_ID", "OSS_ACCESS_KEY_SECRET")
+ENV_KEYS = ("OSS_ENDPOINT", "OSS_REGION", "OSS_ACCESS_KEY_ID", "OSS_ACCESS_KEY_SECRET")
 STAT_KEYS = ("hits", "misses", "errors", "bytes", "seconds")
 
 

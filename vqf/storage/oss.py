@@ -1,19 +1,24 @@
 """The OSS tier: oss2 with the project's own retries, size checks and ranged parallel download.
 
 oss2 does not retry object requests, so every request here goes through `with_retries`
-(5xx, connection errors, timeouts). oss2 is imported on first use.
+(5xx, connection errors, timeouts). Requests are signed with OSS's V4 scheme (`oss2.AuthV4`),
+whose scope names the region: `storage.oss.region`, else OSS_REGION, else the region of an
+Alibaba Cloud endpoint (oss-cn-hangzhou[-internal].aliyuncs.com -> cn-hangzhou). V1
+(`oss2.Auth`) only when a recipe says `storage.oss.signature: v1`. oss2 is imported on first use.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import re
 import threading
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit
 
 from vqf.config import MB, StorageConfig
 from vqf.errors import ErrorType, Stage, StorageError, VideoError
@@ -32,6 +37,18 @@ from vqf.storage.retry import Stalled, is_timeout, with_retries
 from vqf.storage.secret import add_secret, guard_logger, redact
 
 CHUNK = 1 << 20
+# oss-<region>[-internal].aliyuncs.com, optionally with the bucket in front (virtual host)
+_ENDPOINT_REGION = re.compile(r"(?:^|\.)oss-([a-z]+-[a-z0-9-]+?)(?:-internal)?\.aliyuncs\.com$")
+
+
+def region_of(endpoint: str) -> str:
+    """The region id in an Alibaba Cloud OSS endpoint, or "" when it names none (an IP, a
+    CNAME, the global acceleration endpoints)."""
+    host = urlsplit(endpoint if "://" in endpoint else f"//{endpoint}").hostname or ""
+    match = _ENDPOINT_REGION.search(host.lower())
+    if not match or match.group(1).startswith("accelerate"):
+        return ""
+    return match.group(1)
 
 
 class _Cancelled(Exception):
@@ -63,6 +80,8 @@ class OssTier(Tier):
         self.endpoint = oss.endpoint or env.get("OSS_ENDPOINT", "")
         self._key_id = oss.access_key_id or env.get("OSS_ACCESS_KEY_ID", "")
         self._key_secret = oss.access_key_secret or env.get("OSS_ACCESS_KEY_SECRET", "")
+        self.signature = oss.signature
+        self.region = oss.region or env.get("OSS_REGION", "") or region_of(self.endpoint)
         add_secret(self._key_id)
         add_secret(self._key_secret)
         self._buckets: dict[str, Any] = {}
@@ -70,7 +89,8 @@ class OssTier(Tier):
         self._lock = threading.Lock()
 
     def is_available(self) -> bool:
-        return bool(self.endpoint and self._key_id and self._key_secret)
+        signable = self.signature == "v1" or bool(self.region)
+        return bool(self.endpoint and self._key_id and self._key_secret and signable)
 
     def unavailable_reason(self) -> str:
         missing = [
@@ -82,6 +102,11 @@ class OssTier(Tier):
             )
             if not value
         ]
+        if self.signature == "v4" and not self.region:
+            missing.append(
+                f"region for V4 signatures (storage.oss.region or OSS_REGION; the endpoint "
+                f"{self.endpoint!r} names none)"
+            )
         return "not configured: no " + ", ".join(missing)
 
     def is_applicable(self, row_or_uri) -> bool:
@@ -154,11 +179,16 @@ class OssTier(Tier):
                 oss = self.config.oss
                 if self._session is None:
                     self._session = oss2.Session(pool_size=max(10, 2 * oss.parallel_parts))
+                if self.signature == "v4":
+                    auth = oss2.AuthV4(self._key_id, self._key_secret)
+                else:
+                    auth = oss2.Auth(self._key_id, self._key_secret)
                 self._buckets[name] = oss2.Bucket(
-                    oss2.Auth(self._key_id, self._key_secret),
+                    auth,
                     self.endpoint,
                     name,
                     session=self._session,
+                    region=self.region or None,  # V4's signing scope
                     # oss2 hands this to requests as its timeout: (connect, read) per request.
                     connect_timeout=(oss.connect_timeout_s, oss.timeout_s),
                     enable_crc=False,  # the whole object's CRC is checked here instead
