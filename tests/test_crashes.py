@@ -50,10 +50,12 @@ def job(tmp_path_factory, video_factory):
     return folder, ids
 
 
-def vqf_run(folder: Path, out: Path, faults: str, **env: str) -> subprocess.CompletedProcess:
+def vqf_run(
+    folder: Path, out: Path, faults: str, *extra: str, **env: str
+) -> subprocess.CompletedProcess:
     env = dict(os.environ, VQF_LOG="WARNING", PYTHONPATH=str(ROOT), VQF_FAULT=faults, **env)
     cmd = [sys.executable, "-m", "vqf", "run", "recipe.yaml", "--tables", "in.jsonl",
-           "--outputs", str(out)]  # fmt: skip
+           "--outputs", str(out), *extra]  # fmt: skip
     return subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -149,3 +151,28 @@ def test_torchrun_restarts_the_rank_and_the_job_moves_past_the_video(job, tmp_pa
     assert got["at_model"]["error"]["type"] == "crashed"
     assert got["at_model"]["error"]["stage"] == "model"
     assert all(got[v]["succeed"] == "true" for v in ids if v != "at_model")
+
+
+def test_too_many_stuck_threads_drain_the_writer_and_exit_for_a_restart(job, tmp_path):
+    """Decodes that hang past their deadline leave threads nobody can stop. Past
+    engine.max_stuck_threads the rank takes no new video, writes what finished, and exits
+    with 75; the restart judges the rest, and no row is written twice."""
+    folder, _ = job
+    rows = [json.loads(line) for line in (folder / "in.jsonl").read_text().splitlines()]
+    many = [dict(rows[i % len(rows)], video_id=f"v{i:02d}") for i in range(20)]
+    ids = [r["video_id"] for r in many]
+    (tmp_path / "recipe.yaml").write_text(RECIPE)
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in many))
+    out = tmp_path / "out"
+    hangs = "decode:v00:hang,decode:v01:hang"
+    first = vqf_run(tmp_path, out, hangs, "--set", "engine.max_stuck_threads=1",
+                    VQF_FAULT_HANG_S="60")  # fmt: skip
+    assert first.returncode == 75, first.stderr[-2000:]
+    assert "threads stuck past their deadlines" in first.stderr
+    written = {r["video_id"]: r["result_info"] for r in rows_of(out)}
+    assert {"v00", "v01"} <= set(written) and len(written) < len(ids), sorted(written)
+    assert all(written[v]["error"]["type"] == "timeout" for v in ("v00", "v01"))
+    again = vqf_run(tmp_path, out, "")
+    assert again.returncode == 0, again.stderr[-2000:]
+    got = check_once(rows_of(out), ids)
+    assert all(got[v]["succeed"] == "true" for v in ids if v not in written)

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from vqf.config import SEED_FLAGS, Recipe, load_recipe, seed_flag_overrides, write_resolved
-from vqf.errors import ConfigError, TableError, VqfError
+from vqf.errors import ConfigError, StuckThreads, TableError, VqfError
 
 log = logging.getLogger("vqf")
 
@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     except TableError as e:
         print(f"vqf: table error: {e}", file=sys.stderr)
         return 3
+    except StuckThreads as e:
+        print(f"vqf: {e}", file=sys.stderr)
+        return StuckThreads.EXIT_CODE
     except VqfError as e:
         print(f"vqf: {e}", file=sys.stderr)
         return 1

@@ -188,6 +188,9 @@ class EngineConfig:
     gpus: int = 0
     clip_batch: int = 8
     writer_flush_rows: int = 16
+    # threads given up on (stuck in C code past a deadline) before the rank drains its writer
+    # and exits with code 75 for its launcher to restart it cleanly
+    max_stuck_threads: int = 8
     max_rows: int = 0
     progress_every_s: float = 10.0
     # the crash journal: a local folder (required when outputs are odps://); "" = next to

@@ -57,6 +57,13 @@ class VqfError(Exception):
         return f"{self.message}\n  hint: {self.hint}" if self.hint else self.message
 
 
+class StuckThreads(VqfError):
+    """Too many threads are stuck past their deadlines: the rank stopped taking videos, wrote
+    every row it had, and exits with `EXIT_CODE` so that its launcher starts it afresh."""
+
+    EXIT_CODE = 75  # EX_TEMPFAIL: try again
+
+
 class ConfigError(VqfError):
     """A recipe or a command-line override is wrong; the run cannot start."""
 

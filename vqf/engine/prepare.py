@@ -33,11 +33,22 @@ class PrepareStage:
         self.width = max(1, cfg.workers)
         self.timeout_s = cfg.timeout_s
         self.inflight: dict[Future, Task] = {}
+        self.stopped = False
         self.thread = threading.Thread(target=self._loop, name="vqf-prepare", daemon=True)
         engine.stats.queues["prepare"] = Gauge(lambda: len(self.inflight))
 
     def start(self) -> None:
         self.thread.start()
+
+    def stop(self) -> list:
+        """Takes no new rows; returns those never started (their rows are not owed now)."""
+        self.stopped = True
+        left = []
+        while True:
+            try:
+                left.append(self.pending.popleft())
+            except IndexError:
+                return left
 
     def _loop(self) -> None:
         try:

@@ -26,7 +26,7 @@ from vqf.engine.job import VideoJob, as_video_error
 from vqf.engine.recorder import Recorder
 from vqf.engine.stats import RankStats
 from vqf.engine.writer import Writer
-from vqf.errors import Stage, VideoError
+from vqf.errors import Stage, StuckThreads, VideoError
 from vqf.schema import DeviceInfo
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ class Rank:
             device_name=self.device, journal=journal,
         )  # fmt: skip
         self.recorder.owe(work)
-        clean = False
+        clean, stuck = False, None
         try:
             todo, suspects = self._sort_out(work, journal)
             if group is not None or todo or suspects:  # every rank reaches the checkpoints
@@ -86,6 +86,8 @@ class Rank:
             if todo:
                 self._stream(todo)
             clean = True
+        except StuckThreads as e:  # what finished is written and committed; then exit
+            stuck = e
         finally:
             if self.exports is not None:
                 self.exports.close()
@@ -93,10 +95,18 @@ class Rank:
                 self.recorder.close()
             writer.drain()
         sink.close()
-        journal.close(clean=True)
+        journal.close(clean=clean)
+        if stuck is not None:
+            raise stuck
         snap = self.stats.snapshot()
         snap["storage"] = self.fetcher.stats() if hasattr(self, "fetcher") else {}
         return snap
+
+    def stuck_threads(self) -> int:
+        """Threads given up on past a deadline (they may still hold a core or a file)."""
+        c = self.stats.counters
+        stuck = c["probe_timeouts"] + c["decode_timeouts"] + c["model_timeouts"]
+        return int(stuck + c["write_timeouts"] + self.fetcher.stuck())
 
     def _sort_out(self, work: list, journal) -> tuple[list, list]:
         """(rows to judge, rows a crash interrupted before); bad rows and videos that killed
@@ -146,10 +156,23 @@ class Rank:
         self.stats.probes["frames_in_flight"] = self.budget.snapshot
         for stage in (*stages, decode, self.models):
             stage.start()
+        prepare = stages[0]
         while not self.models.finished.wait(0.5):
             decode.watch(timeout_s=d.timeout_s)
             self.models.watch(timeout_s=d.timeout_s)
+            if self.stuck_threads() > self.recipe.engine.max_stuck_threads and not prepare.stopped:
+                log.error(
+                    "%d threads are stuck past their deadlines (engine.max_stuck_threads = %d): "
+                    "taking no new videos, finishing those in flight",
+                    self.stuck_threads(), self.recipe.engine.max_stuck_threads,
+                )  # fmt: skip
+                self.recorder.forgive(prepare.stop())  # rows never started: the restart's
         self.stats.add("decode_lanes_replaced", decode.replaced)
+        if prepare.stopped:
+            raise StuckThreads(
+                f"{self.stuck_threads()} threads stuck past their deadlines; every finished row "
+                f"is written, the rest are left for the restart"
+            )
 
     # -- set-up ------------------------------------------------------------------------------
     def _build(self, *, group=None, local_leader: bool = True) -> None:

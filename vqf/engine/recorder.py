@@ -50,6 +50,12 @@ class Recorder:
         with self._lock:
             return len(self._owed)
 
+    def forgive(self, items: list[WorkItem]) -> None:
+        """Rows this run will not judge after all (the rank is stopping): a rerun owes them."""
+        with self._lock:
+            for item in items:
+                self._owed.pop(item.index, None)
+
     def _claim(self, item: WorkItem) -> bool:
         with self._lock:
             return self._owed.pop(item.index, None) is not None
@@ -98,6 +104,7 @@ class Recorder:
                 lambda: fault_point("write", item.video_id), seconds=limit, name="vqf-write"
             )
         except TimeoutError:
+            self.stats.add("write_timeouts")
             raise TimeoutError(
                 f"the write of {item.video_id} did not start within {limit:g}s"
             ) from None
