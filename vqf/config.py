@@ -104,7 +104,7 @@ class DecodeConfig:
     max_pixels: int = 7680 * 4320
     max_frames_decoded: int = 0  # refuse plans needing more decoded frames; 0 = no limit
     chunk_frames: int = 64  # frames per trip through the graph
-    memory_budget_gb: float = 2.0  # host bytes of decoded frames in flight
+    memory_budget_gb: float = 1.0  # host bytes of decoded frames in flight
     device_memory_budget_gb: float = 8.0  # GPU bytes of decoded frames in flight
     prescale: float = (
         2.0  # pyav route: shrink to this multiple of the clip size in swscale; 0 = off

@@ -23,6 +23,7 @@ from vqf.config import Recipe
 from vqf.decide import rules_of
 from vqf.engine.flow import Budget
 from vqf.engine.job import VideoJob, as_video_error
+from vqf.engine.memory import fix_mmap_threshold
 from vqf.engine.recorder import Recorder
 from vqf.engine.stats import RankStats
 from vqf.engine.writer import Writer
@@ -41,6 +42,7 @@ class Rank:
         self.rank = rank
         self.world_size = world_size
         self.device = device
+        fix_mmap_threshold()  # RSS must not creep up with the hours of work a rank does
         self.stats = stats or RankStats(rank=rank, world_size=world_size, device=device)
         self.device_info = describe_device(device, rank=rank, world_size=world_size)
         self.pool = "device" if device.startswith("cuda") else "host"
