@@ -74,7 +74,7 @@ class SamplingConfig:
     width: int = 256
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-    detect_frames: int = 4
+    detect_frames: int = 12
     detect_size: int = 960
     dense_fps: float = 8.0  # every part of the video decoded at least this often (0 = off)
 
