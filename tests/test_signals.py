@@ -163,7 +163,7 @@ def test_cuts_finds_both_cuts_and_when(judged, recipe, device):
 
 
 def test_weight_free_filters_are_registered_without_models():
-    for name in ("borders", "motion", "sharpness", "exposure", "cuts"):
+    for name in ("borders", "motion", "sharpness", "exposure", "cuts", "bitrate"):
         cls = FILTERS.get(name)
         assert cls.default_model == "" and describe(cls)["head"] == "-"
         assert cls.__module__ == f"vqf.filters.{name}"
