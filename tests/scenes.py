@@ -55,15 +55,19 @@ class Footage:
 
     @property
     def truth(self) -> list[tuple[float, str]]:
-        """Known transitions: seconds and kind (`cut` or `fade`)."""
-        out, t = [], self.title_s
+        """Known transitions: seconds and kind (`cut` or `fade`), counted in whole frames as
+        `frames` paints them."""
+        out, at = [], round(self.title_s * self.fps)
         for shot, join in zip(self.shots, self.joins, strict=False):
-            t += shot.seconds
+            at += round(shot.seconds * self.fps)
+            span, hold = round(join.seconds * self.fps), round(join.hold * self.fps)
             if join.kind == "cut":
-                out.append((t, "cut"))
-            else:
-                out.append((t + join.seconds / 2 + join.hold / 2, "fade"))
-                t += join.seconds + join.hold
+                out.append((at / self.fps, "cut"))
+            elif join.kind == "blend":  # halfway through the blend
+                out.append(((at + span / 2) / self.fps, "fade"))
+            else:  # the middle of the black between fading out and fading in
+                out.append(((at + span // 2 + hold / 2) / self.fps, "fade"))
+            at += span + (hold if join.kind == "fade" else 0)
         return out
 
     @property

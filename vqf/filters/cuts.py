@@ -13,7 +13,7 @@ channel's standard deviation); and an 8x8 grid of mean colours. On the host, onc
   called on the ramps down to it or up from it;
 - a *cut* is a pair whose score reaches `threshold` and `ratio` times the median score of its
   neighbours within `neighbours_s` (an adaptive threshold: fast motion raises the median,
-  scaled by each pair's time gap), placed halfway between the two frames;
+  scaled to each pair's time gap), placed halfway between the two frames;
 - a *cross-fade* (also kind `fade`) shows on the colour grid: across a span of up to
   `max_fade_s` most cells change and the mean change reaches `blend_level` and
   `blend_ratio` times the change across the spans before and after it (in which each shot
@@ -145,8 +145,10 @@ class CutsFilter(FrameFilter):
     def _cuts(self, score, times, quiet) -> list[tuple[float, float, str]]:
         """Pairs over the fixed and the adaptive threshold: (strength, seconds, 'cut')."""
         opts = self.options
-        gap = np.diff(times, prepend=times[:1] if len(times) else times)
-        rate = score / np.maximum(gap, 1e-6)  # change per second: pairs lie unevenly apart
+        # pairs lie unevenly apart; change grows with the gap, but slower than in proportion
+        # (shake swings back, texture saturates): neighbours are scaled by its square root
+        gap = np.sqrt(np.maximum(np.diff(times, prepend=times[:1]), 1e-6))
+        rate = score / gap
         out = []
         for i in np.flatnonzero(score >= opts.threshold):
             if quiet[i] and quiet[i - 1]:
