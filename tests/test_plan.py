@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vqf.config import SamplingConfig
+from vqf.errors import ConfigError
 from vqf.video.plan import make_plan, segment_windows
 
 
@@ -40,6 +41,31 @@ def test_default_plan_of_a_20s_video_decodes_each_frame_once():
     assert plan.frames_needed == 13 * 48
     assert len(plan.frames) < plan.frames_needed
     assert len(plan.frames) == len(np.unique(plan.frames))
+
+
+def test_dense_grid_joins_the_union_without_changing_any_clip():
+    ts = cfr(20, 30)
+    off = make_plan(ts, sampling=SamplingConfig(dense_fps=0))
+    plan = make_plan(ts, sampling=SamplingConfig(dense_fps=8))
+    assert len(off.dense) == 0 and len(plan.dense) == 201  # every third frame: 10 a second
+    assert len(plan.frames) > len(off.frames)
+    for before, after in zip(off.clips, plan.clips, strict=True):
+        assert np.array_equal(off.frame_indices(before), plan.frame_indices(after))
+    assert np.array_equal(off.detect_frames, plan.detect_frames)
+    gaps = np.diff(ts[plan.frames])
+    assert gaps.max() <= 1 / 8 + 1e-9, "no stretch of the video goes unseen for over 1/8 s"
+    assert plan.frames[plan.dense].tolist() == sorted(set(plan.frames[plan.dense].tolist()))
+
+
+def test_dense_grid_takes_every_frame_of_a_slow_video():
+    plan = make_plan(cfr(3, 5), sampling=SamplingConfig(dense_fps=8))
+    assert plan.frames.tolist() == list(range(15))
+    assert plan.frames[plan.dense].tolist() == list(range(15))
+
+
+def test_dense_fps_out_of_range_is_a_config_error():
+    with pytest.raises(ConfigError, match="dense_fps"):
+        SamplingConfig(dense_fps=-1)
 
 
 def test_short_video_repeats_frames_to_fill_a_clip():
@@ -84,6 +110,7 @@ def videos(draw):
         stride_s=draw(st.sampled_from([0.5, 1.0, 3.0])),
         tail_min_s=draw(st.sampled_from([0.0, 0.5, 1.0])),
         detect_frames=draw(st.integers(1, 8)),
+        dense_fps=draw(st.sampled_from([0.0, 2.0, 8.0])),
     )
     return ts, sampling
 
@@ -102,8 +129,15 @@ def test_plan_properties(video):
             sampling.whole_frames if clip.kind == "whole" else sampling.window_frames
         )
         assert clip.take.min() >= 0 and clip.take.max() < len(frames)
-    needed = np.concatenate([plan.frame_indices(c) for c in plan.clips] + [plan.detect_frames])
+    needed = np.concatenate(
+        [plan.frame_indices(c) for c in plan.clips] + [plan.detect_frames, frames[plan.dense]]
+    )
     assert set(needed.tolist()) == set(frames.tolist()), "the union is exactly what clips need"
+    if sampling.dense_fps and n > 1:
+        # the dense grid leaves no gap over 1/dense_fps that the video itself does not have
+        gaps = np.diff(ts[frames])
+        worst = np.maximum(1 / sampling.dense_fps, np.diff(ts).max())
+        assert gaps.max() <= worst + 1e-9
 
     segments, inverses = plan.clips_of("segment"), plan.clips_of("inverse")
     assert len(segments) == len(inverses)

@@ -109,6 +109,22 @@ def test_each_filter_has_histograms_keep_curves_and_thumbnails(page):
     assert "keep 83% at 0.004" in motion_section  # 5 of the 6 scored videos move
 
 
+def test_each_video_has_a_timeline_with_its_transitions_marked(page):
+    section = page.split("id='transitions'")[1].split("</section>")[0]
+    rows = re.findall(r"<tr><td>([^<]+)</td><td>(\d+)</td><td>(<svg.*?</svg>)</td></tr>", section)
+    assert sorted(r[0] for r in rows) == sorted(["normal", *DEFECT_IDS])  # every scored video
+    strips = {video: (int(n), svg) for video, n, svg in rows}
+    n, svg = strips["cuts"]  # two hard cuts, at 1 s and 2 s of 3 s
+    marks = re.findall(r"<line class='mark (\w+)' x1='([\d.]+)'", svg)
+    assert n == 2 and [kind for kind, _ in marks] == ["cut", "cut"]
+    xs = [float(x) for _, x in marks]
+    width = 480 - 2 * 4
+    assert xs[0] == pytest.approx(4 + width / 3, abs=width * 0.08)
+    assert xs[1] == pytest.approx(4 + 2 * width / 3, abs=width * 0.08)
+    assert re.search(r"<title>cut at 1\.\d+ s</title>", svg) and "3.0 s</text>" in svg
+    assert strips["normal"][0] == 0 and "class='mark" not in strips["normal"][1]
+
+
 def test_thumbnails_are_real_jpegs_and_the_page_needs_no_network(page):
     images = re.findall(r"data:image/jpeg;base64,([A-Za-z0-9+/=]+)", page)
     assert len(set(images)) == 6  # one strip per scored video; the missing file has none

@@ -154,7 +154,8 @@ def test_exposure_tells_a_dark_video(judged, recipe, device):
 
 def test_cuts_finds_both_cuts_and_when(judged, recipe, device):
     found = measure(judged, recipe, "cuts", device)["cuts"]
-    assert found["count"] == 2
+    assert found["count"] == 2 and found["kinds"] == ["cut", "cut"]
+    assert found["segments"]["0"] == {"duration": [0.0, 3.0], "count": 2}
     assert found["times"][0] == pytest.approx(1.0, abs=0.25)
     assert found["times"][1] == pytest.approx(2.0, abs=0.25)
     for defect in ("normal", "still", "blurred", "dark", "letterboxed"):
@@ -162,7 +163,7 @@ def test_cuts_finds_both_cuts_and_when(judged, recipe, device):
 
 
 def test_weight_free_filters_are_registered_without_models():
-    for name in ("borders", "motion", "sharpness", "exposure", "cuts"):
+    for name in ("borders", "motion", "sharpness", "exposure", "cuts", "bitrate"):
         cls = FILTERS.get(name)
         assert cls.default_model == "" and describe(cls)["head"] == "-"
         assert cls.__module__ == f"vqf.filters.{name}"

@@ -80,8 +80,16 @@ class SamplingConfig:
     width: int = 256
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-    detect_frames: int = 4
+    detect_frames: int = 12
     detect_size: int = 960
+    dense_fps: float = 8.0  # every part of the video decoded at least this often (0 = off)
+
+    def __post_init__(self):
+        if not 0 <= self.dense_fps <= 240:
+            raise ConfigError(
+                f"sampling.dense_fps = {self.dense_fps!r} is out of range",
+                hint="use 0 (off) to 240 frames a second; 8 lets cuts see every shot",
+            )
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 # The explicit list of built-in filters; importing a module registers its filter.
 from vqf.filters import (  # noqa: F401  # noqa: F401
     abnormal_region,
+    bitrate,
     borders,
     cuts,
     exposure,

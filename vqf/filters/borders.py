@@ -1,9 +1,13 @@
 """Borders: uniform letterbox/pillarbox bars, measured on the detection frames, and the safe crop.
 
-A row (column) belongs to a bar when, on every detection frame, its pixels stay within
-`tolerance` of the row's mean colour and that colour does not change between frames; bars
-grow inwards from each edge of the picture. The crop keeps what the bars leave, so the main
-decode reads the picture only. Sizes are in displayed-frame pixels.
+Only frames that show a picture judge the bars. A near-uniform frame (a fade's black, a flat
+card) is skipped, and so is one that its own bars would leave less than `min_area` of (a
+black title card with a line of text): either would pass for bars from edge to edge. On each
+remaining frame a bar is the run of lines from an edge that keep to the edge line's colour
+within `tolerance`, and a few lines more where the codec rings into it next to the picture; the video's bar on a side is the size at least
+`agree` of those frames show, in the same colour on all of them. When every frame is
+uniform the video is `blank`. The crop keeps what the bars leave, so the main decode reads
+the picture only. Sizes are in displayed-frame pixels.
 """
 
 from __future__ import annotations
@@ -21,19 +25,24 @@ if TYPE_CHECKING:
     import torch
 
 SIDES = ("top", "bottom", "left", "right")
+RINGING = 5.0  # how much further than `tolerance` a pixel of a ringing bar line may stray
+RING_PX = 4  # displayed-frame pixels of a bar a codec may ring into, next to the picture
 
 
 @dataclass(frozen=True)
 class BordersOptions:
-    tolerance: float = 0.03  # colour spread (0..1) a bar row may have: codec noise, not picture
+    tolerance: float = 0.03  # colour difference (0..1) a bar line may have: codec noise
     min_size: float = 0.02  # a bar thinner than this share of the side is ignored
     min_area: float = 0.25  # a crop keeping less than this share of the frame is not applied
     dark_level: float = 0.1  # bars whose colour is darker than this are called black
     margin: float = 0.02  # the crop reaches this share of the side past a bar: edges bleed
+    flat_level: float = 0.02  # a frame whose colour spread (0..1) is under this shows nothing
+    agree: float = 0.8  # share of the picture frames that must show a bar
 
     def __post_init__(self):
-        for key in ("tolerance", "min_size", "min_area", "dark_level", "margin"):
+        for key in ("tolerance", "min_size", "min_area", "dark_level", "margin", "flat_level"):
             check_range("borders", key, getattr(self, key))
+        check_range("borders", "agree", self.agree, low=0.5)
 
 
 @register
@@ -61,24 +70,30 @@ class BordersFilter(DetectionFilter):
         pic_w, pic_h = letterbox.resized
         with torch.inference_mode():
             picture = frames[:, :, :pic_h, :pic_w].float()
-            rows = uniform_lines(picture, dim=3, tolerance=opts.tolerance)  # (pic_h,) per row
-            cols = uniform_lines(picture, dim=2, tolerance=opts.tolerance)  # (pic_w,) per column
-            flags = torch.cat([rows, cols]).cpu().tolist()
-        rows, cols = flags[:pic_h], flags[pic_h:]
-        if all(rows):  # one flat colour: a blank video has no bars, and nothing to crop to
+            spread = picture.flatten(2).std(dim=2, correction=0).amax(dim=1)
+            shown = picture[spread >= opts.flat_level]
+            reach = math.ceil(RING_PX * pic_h / disp_h)  # in detection-frame lines
+            runs = edge_runs(shown, tolerance=opts.tolerance, reach=reach).cpu().tolist()
+            colours = edge_colours(shown).cpu().tolist()  # (F, 4, 3)
+        if not runs:  # nothing but flat frames: a blank video has no bars, nothing to crop to
             return self._result(dict.fromkeys(SIDES, 0), None, disp_w, disp_h, blank=True)
-        bars = {
-            "top": _run(rows),
-            "bottom": _run(rows[::-1]),
-            "left": _run(cols),
-            "right": _run(cols[::-1]),
-        }
-        for side, span in (("top", pic_h), ("bottom", pic_h), ("left", pic_w), ("right", pic_w)):
-            if bars[side] < opts.min_size * span:
-                bars[side] = 0
+        pictures = [
+            k
+            for k, (top, bottom, left, right) in enumerate(runs)
+            if (pic_h - top - bottom) * (pic_w - left - right) >= opts.min_area * pic_h * pic_w
+        ]
+        spans = (pic_h, pic_h, pic_w, pic_w)
+        bars = dict.fromkeys(SIDES, 0)
+        for s, side in enumerate(SIDES):
+            size = agreed([runs[k][s] for k in pictures], share=opts.agree)
+            held = [colours[k][s] for k in pictures if runs[k][s] >= size]
+            if size >= max(1, opts.min_size * spans[s]) and steady(held, opts.tolerance):
+                bars[side] = size
         bar_colour = None
         if any(bars.values()):
-            bar_colour = _edge_colour(picture, bars)
+            s = max(range(len(SIDES)), key=lambda s: bars[SIDES[s]])
+            held = [colours[k][s] for k in pictures if runs[k][s] >= bars[SIDES[s]]]
+            bar_colour = [sum(c[ch] for c in held) / len(held) for ch in range(3)]
         relative = _crop(bars, pic_w=pic_w, pic_h=pic_h, margin=opts.margin)
         if relative and (relative[2] - relative[0]) * (relative[3] - relative[1]) < opts.min_area:
             relative = None
@@ -113,24 +128,72 @@ class BordersFilter(DetectionFilter):
         return "black" if max(colour) < self.options.dark_level else "uniform"
 
 
-def uniform_lines(picture, *, dim: int, tolerance: float):
-    """Per row (dim=3) or column (dim=2) of (D, 3, H, W) frames: True where it is one steady colour."""
-    mean = picture.mean(dim=dim, keepdim=True)  # each line's colour, per frame and channel
-    spread = (picture - mean).abs().amax(dim=(0, 1, dim))
-    # the colour must also hold from frame to frame: bars do not change, pictures do
-    level = mean.squeeze(dim)
-    drift = (level.amax(dim=0) - level.amin(dim=0)).amax(dim=0)
-    return (spread <= tolerance) & (drift <= tolerance)
+def edge_runs(frames, *, tolerance: float, reach: int = 0):
+    """(F, 3, H, W) -> (F, 4): per frame, how many lines from the top, bottom, left and right
+    edge keep to the edge line's colour within `tolerance` (see `_run` for `reach`)."""
+    import torch
+
+    return torch.stack(
+        [
+            _run(frames, dim=2, tolerance=tolerance, reach=reach),
+            _run(frames.flip(2), dim=2, tolerance=tolerance, reach=reach),
+            _run(frames, dim=3, tolerance=tolerance, reach=reach),
+            _run(frames.flip(3), dim=3, tolerance=tolerance, reach=reach),
+        ],
+        dim=1,
+    )
 
 
-def _run(flags: list[bool]) -> int:
-    """Length of the leading run of True."""
-    n = 0
-    for flag in flags:
-        if not flag:
-            break
-        n += 1
-    return n
+def edge_colours(frames):
+    """(F, 3, H, W) -> (F, 4, 3): mean colour of the top, bottom, left and right edge lines."""
+    import torch
+
+    return torch.stack(
+        [
+            frames[:, :, 0, :].mean(dim=2),
+            frames[:, :, -1, :].mean(dim=2),
+            frames[:, :, :, 0].mean(dim=2),
+            frames[:, :, :, -1].mean(dim=2),
+        ],
+        dim=1,
+    )
+
+
+def agreed(sizes: list[int], *, share: float) -> int:
+    """The largest size that at least `share` of `sizes` reach (0 when there are none)."""
+    if not sizes:
+        return 0
+    ranked = sorted(sizes, reverse=True)
+    return int(ranked[max(0, math.ceil(share * len(ranked)) - 1)])
+
+
+def steady(colours: list[list[float]], tolerance: float) -> bool:
+    """True when the colours stay within `tolerance` of each other in every channel: a bar
+    does not change between frames, a flat stretch of picture (sky, a wall) usually does."""
+    if not colours:
+        return True
+    return all(
+        max(c[ch] for c in colours) - min(c[ch] for c in colours) <= tolerance for ch in range(3)
+    )
+
+
+def _run(frames, *, dim: int, tolerance: float, reach: int):
+    """Per frame: the leading lines along `dim` (2: rows, 3: columns) in the first line's colour.
+
+    A bar line keeps every pixel within `tolerance` of that colour. Past the last such line
+    a codec rings into the bar (its blocks straddle the edge of the picture): up to `reach`
+    more lines count when they keep within RINGING times `tolerance` and within twice it on
+    average, as a line of picture, even a dark one, does not for long."""
+    import torch
+
+    across = 3 if dim == 2 else 2
+    edge = frames.narrow(dim, 0, 1).mean(dim=across, keepdim=True)  # the edge line's colour
+    off = (frames - edge).abs().amax(dim=1)  # (F, H, W): largest channel difference
+    mean, worst = off.mean(dim=across - 1), off.amax(dim=across - 1)  # (F, lines)
+    core = (worst <= tolerance).long().cumprod(dim=1).sum(dim=1)
+    rings = (mean <= 2 * tolerance) & (worst <= RINGING * tolerance)
+    ringing = rings.long().cumprod(dim=1).sum(dim=1)
+    return torch.where(core > 0, torch.minimum(ringing, core + reach), core)
 
 
 def _crop(bars: dict[str, int], *, pic_w: int, pic_h: int, margin: float):
@@ -146,16 +209,3 @@ def _crop(bars: dict[str, int], *, pic_w: int, pic_h: int, margin: float):
     if top + bottom >= 1.0 or left + right >= 1.0:
         return None
     return left, top, 1.0 - right, 1.0 - bottom
-
-
-def _edge_colour(picture, bars: dict[str, int]) -> list[float]:
-    """Mean RGB of the thickest bar."""
-    side = max(bars, key=bars.__getitem__)
-    n = bars[side]
-    region = {
-        "top": picture[:, :, :n, :],
-        "bottom": picture[:, :, -n:, :],
-        "left": picture[:, :, :, :n],
-        "right": picture[:, :, :, -n:],
-    }[side]
-    return region.mean(dim=(0, 2, 3)).cpu().tolist()

@@ -48,11 +48,12 @@ class Pixels:
 class FrameLayout:
     """Where a video's decoded frames sit: `times` (U,) presentation seconds in decode order,
     `whole` the positions of the whole-video clip, `segments` (index, start_s, end_s,
-    positions) per window, all sorted."""
+    positions) per window, all sorted; `info` the probe's `VideoInfo` (container facts)."""
 
     times: np.ndarray
     whole: np.ndarray
     segments: tuple[tuple[int, float, float, np.ndarray], ...]
+    info: Any = None
 
 
 class FrameFilter(Filter):
@@ -127,11 +128,16 @@ class FrameMeasures:
         if not self.filters:
             return {}
         names = [(f.name, k) for f in self.filters for k in self._parts[0][f.name]]
-        with torch.inference_mode():
-            stacked = torch.stack(
-                [torch.cat([p[f][k].float().reshape(-1) for p in self._parts]) for f, k in names]
-            )
-            host = stacked.cpu().numpy().astype(np.float64)
+        host = np.zeros((0, len(self.layout.times)))  # filters that read the container only
+        if names:
+            with torch.inference_mode():
+                stacked = torch.stack(
+                    [
+                        torch.cat([p[f][k].float().reshape(-1) for p in self._parts])
+                        for f, k in names
+                    ]
+                )
+                host = stacked.cpu().numpy().astype(np.float64)
         info: dict[str, Any] = {}
         for f in self.filters:
             features = {k: host[i] for i, (name, k) in enumerate(names) if name == f.name}
@@ -151,7 +157,7 @@ def layout_of(plan, info) -> FrameLayout:
     )
     if len(whole) == 0:  # a plan without a whole clip: every decoded frame stands in for it
         whole = np.arange(len(plan.frames))
-    return FrameLayout(times=times, whole=whole.astype(np.int64), segments=segments)
+    return FrameLayout(times=times, whole=whole.astype(np.int64), segments=segments, info=info)
 
 
 def luma(rgb: torch.Tensor) -> torch.Tensor:

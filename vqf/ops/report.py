@@ -1,8 +1,9 @@
 """`vqf report OUTPUTS`: one self-contained HTML page about a run's output table.
 
-Counts, failures by type, verdicts by rule, and per filter: a histogram of every score, the
-keep rate as a function of each threshold, and thumbnail strips of the highest and lowest
-scoring videos and of those the filter dropped. Thumbnails are decoded with PyAV from each
+Counts, failures by type, verdicts by rule, a timeline strip per video with its shot
+transitions (the cuts filter's hard cuts and fades) marked, and per filter: a histogram of
+every score, the keep rate as a function of each threshold, and thumbnail strips of the
+highest and lowest scoring videos and of those the filter dropped. Thumbnails are decoded with PyAV from each
 row's `video_oss_url` when it is a local file and embedded as base64 JPEG; charts are inline
 SVG, so the page needs no network when viewed. Thresholds come from the run's
 `resolved_config.yaml` next to the outputs, or from `--recipe`.
@@ -23,6 +24,8 @@ import numpy as np
 from vqf.decide import Rule, info_path, parse_rules
 
 STRIP = 4  # videos per thumbnail strip
+TIMELINES = 200  # videos whose transitions the page draws
+TIMELINE_W, TIMELINE_H = 480, 28
 FRAMES = 4  # frames per video thumbnail
 THUMB_HEIGHT = 72
 
@@ -131,6 +134,7 @@ def render(rows: list[dict[str, Any]], *, rules: list[Rule], title: str) -> str:
         _counts(rows, good),
         _failures(rows),
         _reasons(good),
+        _timelines(good),
     ]
     owners = _key_owners()
     by_key: dict[str, set[str]] = defaultdict(set)
@@ -193,6 +197,57 @@ def _reasons(good) -> str:
     return (
         "<section id='reasons'><h2>Dropped, by rule</h2><table><tr><th>rule</th><th>videos</th>"
         f"</tr>{lines}</table></section>"
+    )
+
+
+def _timelines(good) -> str:
+    """One strip per video with its transitions marked where they fall in the video."""
+    shown = [
+        (r, r["info"]["cuts"]) for r in good if isinstance((r.get("info") or {}).get("cuts"), dict)
+    ]
+    if not shown:
+        return ""
+    lines = []
+    for row, cuts in shown[:TIMELINES]:
+        times = [float(t) for t in cuts.get("times") or []]
+        kinds = list(cuts.get("kinds") or ["cut"] * len(times))
+        ends = [w["duration"][1] for w in (cuts.get("segments") or {}).values() if "duration" in w]
+        length = max([*ends, *times, 0.0])
+        lines.append(
+            f"<tr><td>{_e(row['video_id'])}</td><td>{len(times)}</td>"
+            f"<td>{timeline_svg(times, kinds, seconds=length)}</td></tr>"
+        )
+    more = len(shown) - TIMELINES
+    note = f"<p class='same'>{more} more videos not drawn</p>" if more > 0 else ""
+    return (
+        "<section id='transitions'><h2>Transitions</h2><p class='same'>"
+        "<span class='cut'>&#9646;</span> hard cut <span class='fade'>&#9646;</span> fade</p>"
+        "<table><tr><th>video</th><th>transitions</th><th>timeline</th></tr>"
+        f"{''.join(lines)}</table>{note}</section>"
+    )
+
+
+def timeline_svg(times: list[float], kinds: list[str], *, seconds: float) -> str:
+    """An inline SVG strip of `seconds` with a mark at each transition: red for a hard cut,
+    orange for a fade; each mark's title gives its time."""
+    w, h, pad = TIMELINE_W, TIMELINE_H, 4
+    span = max(seconds, max(times, default=0.0), 1e-6)
+    marks = []
+    for t, kind in zip(times, kinds, strict=False):
+        x = pad + (w - 2 * pad) * t / span
+        colour = "#e08a00" if kind == "fade" else "#c33"
+        marks.append(
+            f"<line class='mark {_e(kind)}' x1='{x:.1f}' x2='{x:.1f}' y1='2' y2='{h - 12}' "
+            f"stroke='{colour}' stroke-width='3'><title>{_e(kind)} at {t:.2f} s</title></line>"
+        )
+    axis = (
+        f"<rect x='{pad}' y='{(h - 12) / 2 - 2}' width='{w - 2 * pad}' height='4' fill='#ccc'/>"
+        f"<text x='{pad}' y='{h - 1}' font-size='10'>0 s</text>"
+        f"<text x='{w - pad}' y='{h - 1}' font-size='10' text-anchor='end'>{span:.1f} s</text>"
+    )
+    return (
+        f"<svg class='timeline' xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}'>"
+        f"{axis}{''.join(marks)}</svg>"
     )
 
 
@@ -422,4 +477,5 @@ figcaption{font-size:12px;color:#444}
 .strip{display:flex;flex-wrap:wrap;gap:10px}.card{font-size:12px;max-width:330px}
 .card img{display:block;height:72px}.noimg{height:72px;width:120px;background:#eee;color:#888;
 display:flex;align-items:center;justify-content:center}.why{color:#a00}.same{color:#666;font-size:12px}.none{color:#888}
+span.cut{color:#c33}span.fade{color:#e08a00}svg.timeline{display:block}
 """

@@ -4,6 +4,10 @@ Clips follow the seed (DESIGN.md section 3): one whole-video clip, windows of `w
 every `stride_s` (plus an end-aligned window over an uncovered tail longer than `tail_min_s`,
 or one window over everything when the video is shorter than a window), and the same windows
 reversed. Frames are chosen by presentation time, so variable frame rate works.
+
+A dense grid of at least `dense_fps` frames a second over the whole video joins the union,
+so the weight-free frame filters (cuts above all) see every part of the video closely spaced
+without a decode of their own; clips still read exactly their own frames.
 """
 
 from __future__ import annotations
@@ -32,12 +36,14 @@ class Clip:
 
 @dataclass(frozen=True, eq=False)
 class SamplingPlan:
-    """`frames`: sorted distinct frame indices to decode; clips and detection index into it."""
+    """`frames`: sorted distinct frame indices to decode; clips, detection and the dense grid
+    (`dense`, positions of the >= `sampling.dense_fps` grid; empty when it is off) index into it."""
 
     frames: np.ndarray
     clips: tuple[Clip, ...]
     detect_take: np.ndarray
     duration_s: float
+    dense: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False)
 
     @property
     def frames_needed(self) -> int:
@@ -76,7 +82,8 @@ def make_plan(
     )
     segments = [_pick(ts, s, e, sampling.window_frames) for s, e in windows]
     detect = np.unique(_pick(ts, 0.0, duration, max(1, sampling.detect_frames)))
-    frames = np.unique(np.concatenate([whole, detect, *segments]))
+    dense = dense_grid(ts, duration_s=duration, fps=sampling.dense_fps)
+    frames = np.unique(np.concatenate([whole, detect, dense, *segments]))
 
     def take(indices: np.ndarray) -> np.ndarray:
         return np.searchsorted(frames, indices).astype(np.int64)
@@ -90,7 +97,23 @@ def make_plan(
         Clip("inverse", i, s, e, take(idx)[::-1].copy())
         for i, ((s, e), idx) in enumerate(zip(windows, segments, strict=True))
     ]
-    return SamplingPlan(frames, tuple(clips), take(detect), duration)
+    return SamplingPlan(frames, tuple(clips), take(detect), duration, dense=take(dense))
+
+
+def dense_grid(ts: np.ndarray, *, duration_s: float, fps: float) -> np.ndarray:
+    """Frame indices no more than 1/`fps` seconds apart from the first frame to the last
+    (each the latest frame within reach of the one before); none when `fps` is 0. A video
+    slower than `fps` gives every frame; `duration_s` is accepted for symmetry with clips."""
+    if fps <= 0 or len(ts) == 0:
+        return np.zeros(0, np.int64)
+    step, out, i = 1.0 / fps, [0], 0
+    while True:
+        j = int(np.searchsorted(ts, ts[i] + step + EPS, side="right")) - 1
+        j = max(j, i + 1)  # a hole in a variable-rate video longer than the step
+        if j >= len(ts):
+            return np.asarray(out, dtype=np.int64)
+        out.append(j)
+        i = j
 
 
 def segment_windows(
