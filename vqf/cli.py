@@ -11,17 +11,9 @@ from pathlib import Path
 
 from vqf.config import SEED_FLAGS, Recipe, load_recipe, seed_flag_overrides, write_resolved
 from vqf.errors import ConfigError, StuckThreads, TableError, VqfError
+from vqf.logs import configure_logging
 
 log = logging.getLogger("vqf")
-
-
-def configure_logging(level: str | None = None) -> None:
-    level = level or os.environ.get("VQF_LOG", "INFO")
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
 
 
 # commands with their own argument parsers: everything after the name goes to them

@@ -87,7 +87,7 @@ def run_job(recipe: Recipe, *, ranks: int = 1, status=None) -> list[dict[str, An
 
 
 def _spawned(spec: RankSpec, recipe: Recipe, results, status) -> None:
-    from vqf.cli import configure_logging
+    from vqf.logs import configure_logging
 
     # what torchrun would set: ranks of one node share its disk (the cache budget)
     os.environ.setdefault("LOCAL_RANK", str(spec.local_rank))
