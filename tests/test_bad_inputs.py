@@ -64,8 +64,9 @@ def test_every_bad_input_ends_as_one_row_of_the_right_type(corpus_run):
 
 
 def test_failure_rows_say_where_and_successes_carry_every_filter(corpus_run):
-    cases, _, out, _ = corpus_run
+    cases, table, out, _ = corpus_run
     rows = read_rows(out)
+    routes = expected_routes(cases, data=table.parent / "data")
     stages = {
         "row_malformed": ("table",), "duplicate_row": ("table",), "path_refused": ("fetch",),
         "not_found": ("fetch",), "not_a_video": ("probe",), "corrupt_stream": ("probe",),
@@ -76,7 +77,7 @@ def test_failure_rows_say_where_and_successes_carry_every_filter(corpus_run):
         ri = row["result_info"]
         if ri["succeed"] == "true":
             assert all(k in row["info"] for k in LEARNED_KEYS), row["video_id"]
-            assert ri["decode_route"] in ("pyav", "dali-cpu"), ri
+            assert ri["decode_route"] in routes[row["video_id"]], ri
             continue
         error = ri["error"]
         assert error["message"], row
@@ -89,6 +90,22 @@ def test_failure_rows_say_where_and_successes_carry_every_filter(corpus_run):
     vfr = by_id["vfr_with_gaps"]["info"]["seg_simcam_filter"]
     assert max(s["duration"][1] for s in vfr.values()) == pytest.approx(3.5, abs=0.15)
     assert by_id["name_with_spaces_unicode"]["video_oss_url"].endswith("视频.mp4")
+
+
+def expected_routes(cases, *, data: Path) -> dict[str, set[str]]:
+    """Per video_id of a good file, the routes its row may name on the run's device (`vqf run`
+    picks CUDA when there is one): what routing decides, or FFmpeg after an NVDEC refusal."""
+    from tests.conftest import cuda_available
+    from vqf.video.probe import probe
+
+    device = "cuda:0" if cuda_available() else "cpu"
+    out = {}
+    for case in cases:
+        if case.expect != OK or "video_id" not in case.row:
+            continue
+        route = probe(data / case.row["video_path"], device=device).route
+        out[case.row["video_id"]] = {route, "pyav"} if route == "nvdec" else {route}
+    return out
 
 
 def _outcome(row: dict) -> str:

@@ -1,4 +1,4 @@
-"""The `vqf` command: run, probe, doctor, list, models, bench-video."""
+"""The `vqf` command: run, probe, doctor, list, models, bench-video, gpu-check."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ PASSTHROUGH = {
     "bench-engine": "vqf.ops.bench_engine",
     "report": "vqf.ops.report",
     "soak": "vqf.ops.soak",
+    "gpu-check": "vqf.ops.gpu_check",
 }
 
 
@@ -143,6 +144,7 @@ def _parser() -> argparse.ArgumentParser:
         ("bench-engine", "scheduler and memory benchmarks of the streaming engine"),
         ("report", "a self-contained HTML report of a run's outputs"),
         ("soak", "a long run over generated videos: memory, open files, throughput"),
+        ("gpu-check", "the GPU claims checked and measured, as a markdown and JSON report"),
     ):
         sub.add_parser(name, add_help=False, help=help_text)  # dispatched in main()
     return p

@@ -1,0 +1,293 @@
+"""The check's report: headline figures from the sections' results, as markdown and JSON."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from vqf.ops.gpu_check.modes import LOG, REPORT, RESULTS
+from vqf.ops.gpu_check.runner import write_json
+
+
+# -- figures: the numbers the issue asks for, in one place ------------------------------------
+def figures(report: dict[str, Any]) -> dict[str, Any]:
+    """Headline numbers from the sections' results; a figure not measured is left out."""
+
+    def result(name: str) -> dict[str, Any]:
+        return (report["sections"].get(name) or {}).get("result") or {}
+
+    out: dict[str, Any] = {}
+    tests = result("pytest")
+    if "tests" in tests:
+        out["pytest"] = {k: tests[k] for k in ("tests", "passed", "failures", "errors", "skipped")}
+    rows = [r for r in result("nvdec").get("rows", []) if r.get("decode_fps")]
+    if rows:
+        out["nvdec_fps_by_sessions"] = {r["sessions"]: round(r["decode_fps"]) for r in rows}
+        best = max(rows, key=lambda r: r["decode_fps"])
+        keys = ("sessions", "decode_fps", "videos_per_s", "nvdec_mean")
+        out["nvdec_best"] = {k: best.get(k) for k in keys}
+    for name, r in result("backbone").get("dtypes", {}).items():
+        out[f"vjepa2_tflops_{name}"] = r["tflop_per_s"]
+    p, base = result("profile"), result("baseline")
+    if "videos_per_s" in p:
+        out["vqf_videos_per_s"] = p["videos_per_s"]
+        floors = p.get("floors") or p.get("reference_floors")
+        if floors and floors.get("binding"):
+            name, vps = floors["binding"]
+            out["floor_datasheet"] = {
+                "binding": name,
+                "videos_per_s": vps,
+                "reached": p["videos_per_s"] / vps,
+                "source": "this GPU" if p.get("floors") else "an H200 by the datasheet",
+            }
+        measured = measured_floors(p, rows, result("backbone"))
+        if measured:
+            out["floor_measured"] = measured
+    if base.get("videos_per_s"):
+        out["baseline_videos_per_s"] = base["videos_per_s"]
+        if "vqf_videos_per_s" in out:
+            out["speedup"] = out["vqf_videos_per_s"] / base["videos_per_s"]
+    return out
+
+
+def measured_floors(profile, nvdec_rows, backbone) -> dict[str, Any] | None:
+    """Section 8's floors from this machine's own rates: the best NVDEC fps over the span each
+    video needs decoded, and the backbone's TFLOP/s (in the dtype the profile ran: FP16 on
+    CUDA by `auto`) over the FLOPs of a video's clips."""
+    w = profile["workload"]
+    floors: dict[str, float] = {}
+    if nvdec_rows and w["frames_decoded_per_video"]:
+        floors["decode"] = max(r["decode_fps"] for r in nvdec_rows) / w["frames_decoded_per_video"]
+    rates = {k: v["tflop_per_s"] for k, v in backbone.get("dtypes", {}).items()}
+    on_gpu = str(profile.get("device", "")).startswith("cuda")
+    rate = rates.get("float16" if on_gpu else "float32") or max(rates.values(), default=None)
+    if rate and w["tflop_per_video"] > 0:
+        floors["model"] = rate / w["tflop_per_video"]
+    if not floors:
+        return None
+    name, vps = min(floors.items(), key=lambda kv: kv[1])
+    return {
+        **floors,
+        "binding": name,
+        "videos_per_s": vps,
+        "reached": profile["videos_per_s"] / vps,
+    }
+
+
+# -- markdown ----------------------------------------------------------------------------------
+def write_report(report: dict[str, Any], out: Path) -> None:
+    write_json(out / RESULTS, report)
+    tmp = out / f".{REPORT}.tmp"
+    tmp.write_text(render_markdown(report))
+    tmp.replace(out / REPORT)
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    lines = [
+        f"# vqf GPU check ({report['mode']})",
+        "",
+        f"Started {report['started']}"
+        + (f", finished {report['finished']}" if "finished" in report else ", still running")
+        + f"; budget {report['budget_s']:.0f} s. Full numbers: {RESULTS}; output: {LOG}.",
+        "",
+        "| section | status | seconds | limit s |",
+        "| --- | --- | --- | --- |",
+    ]
+    for name, entry in report["sections"].items():
+        lines.append(
+            f"| {name} | {entry['status']} | {_n(entry.get('seconds'), '.0f')} "
+            f"| {_n(entry.get('limit_s'), '.0f')} |"
+        )
+    lines += ["", *_figures_md(report.get("figures") or {})]
+    for name, entry in report["sections"].items():
+        lines += ["", f"## {name}: {entry['status']}", ""]
+        if entry.get("error"):
+            lines += ["```", entry["error"].strip()[-1500:], "```", ""]
+        result = entry.get("result")
+        lines += RENDER[name](result, report) if result else ["(no result)"]
+    return "\n".join(lines) + "\n"
+
+
+def _figures_md(f: dict[str, Any]) -> list[str]:
+    lines = ["## Figures", ""]
+    t = f.get("pytest")
+    lines.append(
+        f"- pytest -m gpu: {t['passed']} passed, {t['failures']} failed, {t['errors']} errors, "
+        f"{t['skipped']} skipped of {t['tests']}"
+        if t
+        else "- pytest -m gpu: missing"
+    )
+    by = f.get("nvdec_fps_by_sessions")
+    lines.append(
+        "- NVDEC decode fps by sessions in flight: "
+        + (", ".join(f"{k}: {v}" for k, v in by.items()) if by else "missing")
+    )
+    best = f.get("nvdec_best")
+    if best:
+        lines.append(
+            f"- NVDEC best: {best['decode_fps']:.0f} fps at {best['sessions']} sessions, "
+            f"{best['videos_per_s']:.2f} videos/s, NVML decoder utilisation "
+            + (
+                "n/a (no NVML reading)"
+                if best["nvdec_mean"] is None
+                else f"{best['nvdec_mean']:.0f}%"
+            )
+        )
+    dtypes = sorted(k for k in f if k.startswith("vjepa2_tflops_"))
+    lines += [f"- V-JEPA 2 {k.rsplit('_', 1)[1]}: {f[k]:.4g} TFLOP/s" for k in dtypes]
+    if not dtypes:
+        lines.append("- V-JEPA 2 TFLOP/s: missing")
+    lines.append(
+        f"- videos/s: vqf {_get(f, 'vqf_videos_per_s', '.3f')}, seed baseline "
+        f"{_get(f, 'baseline_videos_per_s', '.3f')}, speedup {_get(f, 'speedup', '.2f')}"
+    )
+    for key, label in (("floor_datasheet", "datasheet"), ("floor_measured", "measured here")):
+        floor = f.get(key)
+        lines.append(
+            f"- floor ({label}): {floor['binding']} binds at {floor['videos_per_s']:.3g} "
+            f"videos/s; vqf reached {floor['reached']:.1%}"
+            + (f" ({floor['source']})" if floor.get("source") else "")
+            if floor
+            else f"- floor ({label}): missing"
+        )
+    return lines
+
+
+def _md_env(r: dict[str, Any], report) -> list[str]:
+    return ["| | |", "| --- | --- |", *(f"| {k} | {v} |" for k, v in r.items())]
+
+
+def _md_videos(r: dict[str, Any], report) -> list[str]:
+    return [
+        f"{r.get('codec')} {r.get('width')}x{r.get('height')}, {r.get('frames')} frames over "
+        f"{r.get('seconds')} s ({r.get('fps')} fps), GOP {r.get('gop')}, B-frames "
+        f"{r.get('b_frames')}, {r.get('mb')} MB = {r.get('mbit_per_s')} Mbit/s; route here "
+        f"{r.get('route_here')}; generated in {r.get('generate_s')} s: `{r.get('path')}`"
+    ]
+
+
+def _md_pytest(r: dict[str, Any], report) -> list[str]:
+    lines = [f"`{r.get('command')}` (VQF_REQUIRE_GPU={'1' if r.get('require_gpu') else 'unset'})"]
+    if "tests" in r:
+        lines.append(
+            f"\n{r['tests']} tests: {r['passed']} passed, {r['failures']} failed, "
+            f"{r['errors']} errors, {r['skipped']} skipped"
+            + (f" in {r['pytest_s']} s" if "pytest_s" in r else " (before the cut-off)")
+        )
+    lines += [f"- FAILED {name}" for name in r.get("failed", [])]
+    if r.get("tail"):
+        lines += ["", "```", *r["tail"][-14:], "```"]
+    return lines
+
+
+def _md_nvdec(r: dict[str, Any], report) -> list[str]:
+    lines = [
+        f"Video `{r.get('video')}`, decode.route={r.get('route_asked')}; NVDEC floor of this GPU "
+        f"{_n(r.get('floor_fps'), '.0f')} fps (its engines x 771 fps of 1080p H.264). Frames "
+        "decoded count each chunk's run from its keyframe; planned are the frames the clips read.",
+        "",
+        "| sessions | videos | route | frames decoded | planned | s | decode fps | planned fps "
+        "| videos/s | NVDEC % mean / max | GPU % mean | errors |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in r.get("rows", []):
+        lines.append(
+            f"| {row['sessions']} | {row['videos']} | {','.join(row['routes'])} "
+            f"| {row['frames_decoded']} | {row['frames_planned']} | {row['seconds']:.2f} "
+            f"| {row['decode_fps']:.0f} | {row['planned_fps']:.0f} | {row['videos_per_s']:.2f} "
+            f"| {_n(row['nvdec_mean'], '.0f')} / {_n(row['nvdec_max'], '.0f')} "
+            f"| {_n(row['gpu_util_mean'], '.0f')} | {len(row['errors'])} |"
+        )
+    errors = sorted({e for row in r.get("rows", []) for e in row["errors"]})
+    return lines + [f"- error: {e}" for e in errors[:5]]
+
+
+def _md_backbone(r: dict[str, Any], report) -> list[str]:
+    lines = [
+        f"{r.get('model')} on {r.get('device')}, random weights: clips {r.get('clips')}, "
+        f"{r.get('tokens_per_clip')} tokens and {_n(r.get('tflop_per_clip'), '.3g')} TFLOP "
+        "per clip (vqf.ops.floors.clip_flops); the median of the timed calls (CUDA events on "
+        "a GPU, the wall clock on a CPU).",
+        "",
+        "| dtype | ms per call (min, max) | clips/s | TFLOP/s | matmul TFLOP/s | of matmul | finite |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, d in r.get("dtypes", {}).items():
+        mm = r.get("matmul", {}).get(name)
+        share = f"{d['tflop_per_s'] / mm:.0%}" if mm else "n/a"
+        low, high = d["ms_min_max"]
+        lines.append(
+            f"| {name} | {d['ms_per_call']:.1f} ({low:.1f}, {high:.1f}) | {d['clips_per_s']:.2f} "
+            f"| {d['tflop_per_s']:.4g} | {_n(mm, '.4g')} | {share} | {d['finite']} |"
+        )
+    return lines
+
+
+def _md_profile(r: dict[str, Any], report) -> list[str]:
+    b = (report["sections"].get("baseline") or {}).get("result") or {}
+
+    def util(gpu, key):
+        gpu = gpu or {}
+        return f"{_n(gpu.get(key + '_mean'), '.0f')} / {_n(gpu.get(key + '_max'), '.0f')}"
+
+    whole, busy = r.get("gpu"), r.get("gpu_processing")
+    lines = [
+        f"{r.get('recipe')} on {r.get('device')}: {r.get('videos')} rows, "
+        f"{r.get('succeeded')} succeeded, failures {r.get('failures')}. Side by side with the "
+        f"seed's design on the first {b.get('videos', 'n/a')} of them (section baseline).",
+        "",
+        "| | vqf | seed baseline |",
+        "| --- | --- | --- |",
+        f"| videos/s | {_n(r.get('videos_per_s'), '.3f')} | {_n(b.get('videos_per_s'), '.3f')} |",
+        f"| seconds (loading left out) | {_n(r.get('processing_s'), '.1f')} "
+        f"| {_n(b.get('seconds'), '.1f')} |",
+        f"| GPU % mean / max while working | {util(busy, 'util')} | {util(b.get('gpu'), 'util')} |",
+        f"| NVDEC % mean / max while working | {util(busy, 'nvdec')} "
+        f"| {util(b.get('gpu'), 'nvdec')} |",
+        f"| GPU % mean / max, whole run | {util(whole, 'util')} | n/a |",
+    ]
+    floors = r.get("floors") or r.get("reference_floors")
+    if floors:
+        label = "this GPU" if r.get("floors") else "an H200 by the datasheet, not this device"
+        binding = floors.get("binding")
+        reached = (
+            f"; vqf reached {r['videos_per_s'] / binding[1]:.1%} of the {binding[0]} floor"
+            if binding
+            else ""
+        )
+        lines += [
+            "",
+            f"Floors ({label}): decode {_n(floors.get('decode_videos_per_s'), '.3g')} videos/s, "
+            f"model {_n(floors.get('model_videos_per_s'), '.3g')} videos/s "
+            f"({_n(floors.get('tflop_per_video'), '.3g')} TFLOP per video){reached}.",
+        ]
+    if r.get("report"):
+        lines += ["", "```", r["report"], "```"]
+    return lines
+
+
+def _md_baseline(r: dict[str, Any], report) -> list[str]:
+    return [
+        f"{r.get('design')}: {r.get('succeeded')} of {r.get('videos')} videos on "
+        f"{r.get('workers')} workers ({r.get('device')}) in {_n(r.get('seconds'), '.1f')} s, "
+        f"{_n(r.get('videos_per_s'), '.3f')} videos/s (model loading left out)."
+    ]
+
+
+RENDER = {
+    "env": _md_env,
+    "videos": _md_videos,
+    "pytest": _md_pytest,
+    "nvdec": _md_nvdec,
+    "backbone": _md_backbone,
+    "profile": _md_profile,
+    "baseline": _md_baseline,
+}
+
+
+def _n(value, fmt: str) -> str:
+    return "n/a" if value is None else format(value, fmt)
+
+
+def _get(f: dict[str, Any], key: str, fmt: str) -> str:
+    return _n(f[key], fmt) if key in f else "missing"

@@ -1,0 +1,182 @@
+"""Sections in child processes under the budget, and the report rewritten after each one."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from vqf.ops.gpu_check.modes import GPU, LOG, REPORT, RESULTS, ROOT, SECTIONS, SMOKE, Mode
+
+MIN_SECTION_S = 10.0  # a section with less time than this left is skipped, not started
+
+
+def run_check(
+    *, mode: Mode, out: Path, work: Path, sections: tuple[str, ...] = SECTIONS
+) -> dict[str, Any]:
+    """Runs `sections` in order under the mode's budget; returns the final report dict."""
+    from vqf.ops.gpu_check.report import figures, write_report
+
+    out.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {
+        "mode": mode.name,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "budget_s": mode.budget_s,
+        "out": str(out),
+        "work": str(work),
+        "sections": {name: {"status": "pending"} for name in sections},
+        "figures": {},
+    }
+    (out / LOG).write_text("")
+    write_report(report, out)
+    deadline = time.monotonic() + mode.budget_s
+    for name in sections:
+        left = deadline - time.monotonic()
+        limit = min(mode.limits.get(name, left), left)
+        if limit < MIN_SECTION_S:
+            report["sections"][name] = {"status": "skipped", "error": f"{left:.0f} s left"}
+        else:
+            report["sections"][name] = {"status": "running", "limit_s": round(limit)}
+            write_report(report, out)
+            report["sections"][name] = run_section(name, mode=mode, out=out, work=work, limit=limit)
+        report["figures"] = figures(report)
+        write_report(report, out)
+    report["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %z")
+    write_report(report, out)
+    return report
+
+
+def run_section(name: str, *, mode: Mode, out: Path, work: Path, limit: float) -> dict[str, Any]:
+    """One section in a child process of its own session; killed (the whole group) at `limit`.
+    Returns its status, seconds and what it saved (partial when it was cut off)."""
+    saved = work / f"section-{name}.json"
+    saved.unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "vqf.ops.gpu_check", "--section", name, "--out", str(out),
+           "--work", str(work), "--limit", f"{limit:.0f}", "--mode", mode.name]  # fmt: skip
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if str(ROOT) not in paths:
+        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *paths])
+    started = time.monotonic()
+    with (out / LOG).open("a") as log:
+        log.write(f"\n===== {name} (limit {limit:.0f} s) =====\n")
+        log.flush()
+        child = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            status = "ok" if child.wait(timeout=limit) == 0 else "failed"
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, signal.SIGKILL)  # the child's own group: its helpers too
+            child.wait()
+            status = "timed out"
+    entry: dict[str, Any] = {"status": status, "seconds": round(time.monotonic() - started, 1)}
+    entry["limit_s"] = round(limit)
+    entry.update(read_json(saved))
+    if status == "failed" and "error" not in entry:
+        entry["error"] = f"exit status {child.returncode} (see {LOG})"
+    return entry
+
+
+class Section:
+    """What a section's code gets: the mode, folders, earlier results, and `save` for partial
+    results (a section cut off at its limit leaves what it saved)."""
+
+    def __init__(self, name: str, *, mode: Mode, out: Path, work: Path, limit: float):
+        self.name, self.mode, self.out, self.work, self.limit = name, mode, out, work, limit
+        self.started = time.monotonic()
+        self.result: dict[str, Any] = {}
+        self.prior = read_json(out / RESULTS).get("sections", {})
+
+    def left(self) -> float:
+        return self.limit - (time.monotonic() - self.started)
+
+    def earlier(self, name: str) -> dict[str, Any]:
+        """The result another section left in this run's report ({} when none)."""
+        return (self.prior.get(name) or {}).get("result") or {}
+
+    def save(self, result: dict[str, Any] | None = None, *, error: str | None = None) -> None:
+        if result is not None:
+            self.result = result
+        data: dict[str, Any] = {"result": self.result}
+        if error:
+            data["error"] = error
+        write_json(self.work / f"section-{self.name}.json", data)
+
+
+def _child(args: argparse.Namespace) -> int:
+    from vqf.ops.gpu_check.measure import MEASURES
+    from vqf.ops.gpu_check.sections import CHECKS
+
+    mode = {m.name: m for m in (GPU, SMOKE)}[args.mode]
+    section = Section(
+        args.section, mode=mode, out=Path(args.out), work=Path(args.work), limit=args.limit
+    )
+    try:
+        section.save({**CHECKS, **MEASURES}[args.section](section))
+        return 0
+    except Exception:
+        text = traceback.format_exc()
+        print(text, file=sys.stderr)
+        section.save(error=text[-2000:])
+        return 1
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str))
+    tmp.replace(path)
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="vqf gpu-check",
+        description="The GPU claims checked and measured: a markdown and a JSON report, "
+        "rewritten after every section.",
+    )
+    p.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU (about a minute)")
+    p.add_argument("--out", default="runs/gpu-check", help="where the report goes")
+    p.add_argument(
+        "--work", default=None, help="scratch folder (videos, profile); default under $TMPDIR"
+    )
+    p.add_argument(
+        "--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}"
+    )
+    p.add_argument("--section", default=None, choices=SECTIONS, help=argparse.SUPPRESS)
+    p.add_argument("--mode", default="gpu", choices=["gpu", "smoke"], help=argparse.SUPPRESS)
+    p.add_argument("--limit", type=float, default=0.0, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`vqf gpu-check [--smoke] [--out DIR]`: exit status 0 when every section passed."""
+    args = _parse(argv)
+    if args.section:
+        return _child(args)
+    mode = SMOKE if args.smoke else GPU
+    chosen = tuple(s.strip() for s in args.sections.split(",") if s.strip())
+    unknown = [s for s in chosen if s not in SECTIONS]
+    if unknown:
+        print(f"vqf gpu-check: unknown sections {unknown}; allowed: {', '.join(SECTIONS)}")
+        return 2
+    work = Path(args.work or Path(tempfile.gettempdir()) / f"vqf-gpu-check-{mode.name}")
+    out = Path(args.out).resolve()
+    report = run_check(mode=mode, out=out, work=work.resolve(), sections=chosen)
+    print((out / REPORT).read_text())
+    return 0 if all(e["status"] == "ok" for e in report["sections"].values()) else 1
