@@ -194,6 +194,7 @@ def test_the_cropped_copy_is_exported_to_oss(
     monkeypatch.setenv("OSS_ENDPOINT", oss_server.endpoint)
     monkeypatch.setenv("OSS_ACCESS_KEY_ID", "test-key-id")
     monkeypatch.setenv("OSS_ACCESS_KEY_SECRET", "test-key-secret")
+    monkeypatch.setenv("OSS_REGION", "cn-test")  # V4 signing needs a region
     out = tmp_path / "out"
     cache = tmp_path / "cache"
     recipe = load_recipe(DEMO, overrides=overrides(
