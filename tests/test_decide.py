@@ -143,5 +143,12 @@ def test_thresholds_from_yaml_and_from_a_set_override(tmp_path):
 def test_the_demo_recipe_decides_with_weight_free_filters_only():
     recipe = load_recipe(ROOT / "pipelines" / "demo.yaml")
     rules = rules_of(recipe)
-    assert {r.filter for r in rules} == {"borders", "motion", "sharpness", "exposure", "cuts"}
+    assert {r.filter for r in rules} == {
+        "borders",
+        "motion",
+        "sharpness",
+        "exposure",
+        "cuts",
+        "bitrate",
+    }
     assert set(decide({}, recipe=recipe)["decided_by"]["models"].values()) == {"weight-free"}
