@@ -174,7 +174,6 @@ class _Lane:
                         return
                     measures.add(chunk.frames)
                     pieces = assembler.add(chunk.start, chunk.frames)
-                    engine.stats.add("frames_decoded_planned", int(chunk.frames.shape[0]))
                 for piece in pieces:
                     sent += 1
                     if not engine.models.submit(job, piece, alive=self._wanted(job)):
