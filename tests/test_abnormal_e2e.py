@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vqf.schema import decode_record
+from tests.test_engine import read_rows
 
 ROOT = Path(__file__).parent.parent
 DEMO = ROOT / "pipelines" / "demo.yaml"
@@ -70,13 +70,9 @@ def overrides(table: Path, out: Path, detector: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def read_rows(out: Path) -> dict[str, dict]:
-    rows = {}
-    for shard in sorted(out.glob("part-*.jsonl")):
-        for line in shard.read_text().splitlines():
-            r = decode_record(json.loads(line))
-            rows[r["video_id"]] = r
-    return rows
+def rows_by_id(out: Path) -> dict[str, dict]:
+    """The output rows by video_id."""
+    return {r["video_id"]: r for r in read_rows(out)}
 
 
 def test_boxes_and_crops_through_vqf_run(tmp_path, table, eager_detector):
@@ -90,7 +86,7 @@ def test_boxes_and_crops_through_vqf_run(tmp_path, table, eager_detector):
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    rows = read_rows(out)
+    rows = rows_by_id(out)
     assert sorted(rows) == sorted(VIDEOS)
     for vid, (w, h, _) in VIDEOS.items():
         row = rows[vid]
@@ -149,7 +145,7 @@ def test_clips_show_the_cropped_region_of_the_displayed_frame(
             "filters.low_quality.enable=false", "decode.prescale=0",
         ))  # fmt: skip
         Rank(recipe, rank=0, world_size=1, device="cpu").run()
-        row = read_rows(out)[vid]
+        row = rows_by_id(out)[vid]
         rows[vid] = row
         x0, y0, x1, y1 = row["info"]["abnormal_region_crop"]
         (clip,) = seen[recipe.sampling.whole_frames]  # vfx reads the whole clip, alone
@@ -203,7 +199,7 @@ def test_the_cropped_copy_is_exported_to_oss(
         f"storage.cache_dir={cache}",
     ))  # fmt: skip
     snap = Rank(recipe, rank=0, world_size=1, device="cpu").run()
-    rows = read_rows(out)
+    rows = rows_by_id(out)
     assert snap["counters"].get("exports_ok") == len(VIDEOS)
     for vid in VIDEOS:
         row = rows[vid]

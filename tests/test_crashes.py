@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from vqf.schema import decode_record
+from tests.test_engine import read_rows
 
 ROOT = Path(__file__).parent.parent
 STAGES = ("fetch", "probe", "detect", "decode", "model", "write")
@@ -59,13 +59,6 @@ def vqf_run(
     return subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True, timeout=300)
 
 
-def rows_of(out: Path) -> list[dict]:
-    rows = []
-    for shard in sorted(out.glob("part-*.jsonl")):
-        rows += [decode_record(json.loads(line)) for line in shard.read_text().splitlines()]
-    return rows
-
-
 def check_once(rows: list[dict], ids: list[str]) -> dict[str, dict]:
     assert Counter(r["video_id"] for r in rows) == Counter(ids), "a row lost or written twice"
     return {r["video_id"]: r["result_info"] for r in rows}
@@ -80,7 +73,7 @@ def test_a_fault_that_leaves_the_process_alive_fails_that_video_only(job, tmp_pa
     out = tmp_path / "out"
     proc = vqf_run(folder, out, faults, VQF_FAULT_HANG_S="60")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    got = check_once(rows_of(out), ids)
+    got = check_once(read_rows(out), ids)
     for stage in STAGES:
         info = got[f"at_{stage}"]
         assert info["succeed"] == "false", (stage, info)
@@ -111,7 +104,7 @@ def test_a_video_that_kills_the_process_is_quarantined_after_two_crashes(
     codes = supervise(folder, out, f"{stage}:at_{stage}:{kind}", most=4)
     # dies in the crowd, dies again alone, then gets its row: three runs
     assert len(codes) == 3 and codes[-1] == 0 and all(c != 0 for c in codes[:-1]), codes
-    got = check_once(rows_of(out), ids)
+    got = check_once(read_rows(out), ids)
     info = got[f"at_{stage}"]
     assert info["succeed"] == "false" and info["error"]["type"] == "crashed", info
     assert info["error"]["stage"] == stage
@@ -126,7 +119,7 @@ def test_kill_and_abort_at_every_stage(job, tmp_path, kind):
     out = tmp_path / "out"
     faults = ",".join(f"{s}:at_{s}:{kind}" for s in STAGES)
     supervise(folder, out, faults, most=2 * len(STAGES) + 2)
-    got = check_once(rows_of(out), ids)
+    got = check_once(read_rows(out), ids)
     for stage in STAGES:
         info = got[f"at_{stage}"]
         assert info["error"]["type"] == "crashed" and info["error"]["stage"] == stage, info
@@ -147,7 +140,7 @@ def test_torchrun_restarts_the_rank_and_the_job_moves_past_the_video(job, tmp_pa
         cwd=folder, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    got = check_once(rows_of(out), ids)
+    got = check_once(read_rows(out), ids)
     assert got["at_model"]["error"]["type"] == "crashed"
     assert got["at_model"]["error"]["stage"] == "model"
     assert all(got[v]["succeed"] == "true" for v in ids if v != "at_model")
@@ -169,10 +162,10 @@ def test_too_many_stuck_threads_drain_the_writer_and_exit_for_a_restart(job, tmp
                     VQF_FAULT_HANG_S="60")  # fmt: skip
     assert first.returncode == 75, first.stderr[-2000:]
     assert "threads stuck past their deadlines" in first.stderr
-    written = {r["video_id"]: r["result_info"] for r in rows_of(out)}
+    written = {r["video_id"]: r["result_info"] for r in read_rows(out)}
     assert {"v00", "v01"} <= set(written) and len(written) < len(ids), sorted(written)
     assert all(written[v]["error"]["type"] == "timeout" for v in ("v00", "v01"))
     again = vqf_run(tmp_path, out, "")
     assert again.returncode == 0, again.stderr[-2000:]
-    got = check_once(rows_of(out), ids)
+    got = check_once(read_rows(out), ids)
     assert all(got[v]["succeed"] == "true" for v in ids if v not in written)

@@ -21,6 +21,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.test_engine import read_rows
 from tests.test_frames import (
     MEAN_TOL,
     SAMPLING,
@@ -267,14 +268,8 @@ def test_one_rank_run_of_several_videos_scores_each_as_alone(video_factory, tmp_
 
 
 def rows_of(out: Path) -> dict[str, dict]:
-    from vqf.schema import decode_record
-
-    rows = {}
-    for shard in sorted(out.glob("part-*.jsonl")):
-        for line in shard.read_text().splitlines():
-            row = decode_record(json.loads(line))
-            rows[row["video_id"]] = row
-    return rows
+    """The output rows by video_id."""
+    return {r["video_id"]: r for r in read_rows(out)}
 
 
 def leaves(value, prefix: str = "") -> dict[str, object]:

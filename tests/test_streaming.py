@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.test_engine import read_rows
 from vqf.config import DecodeConfig, Recipe, SamplingConfig, load_recipe
 from vqf.engine.assemble import ClipAssembler
 from vqf.video.plan import segment_windows
@@ -84,14 +85,8 @@ def run_rank(recipe):
 
 
 def rows_of(out: Path) -> dict[str, dict]:
-    from vqf.schema import decode_record
-
-    rows = {}
-    for shard in sorted(out.glob("part-*.jsonl")):
-        for line in shard.read_text().splitlines():
-            r = decode_record(json.loads(line))
-            rows[r["video_id"]] = r
-    return rows
+    """The output rows by video_id."""
+    return {r["video_id"]: r for r in read_rows(out)}
 
 
 def lean(tmp_path: Path, videos: dict[str, Path], *extra: str):

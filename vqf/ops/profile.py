@@ -33,11 +33,13 @@ from vqf.ops.trace import (
 
 # -- GPU sampling ------------------------------------------------------------------------------
 class GpuSampler:
-    """Reads GPU and NVDEC utilisation every `every_s` seconds in a thread (NVML, when present)."""
+    """Reads GPU and NVDEC utilisation every `every_s` seconds in a thread while the block runs
+    (NVML, when present), each reading with its monotonic time `t`."""
 
     def __init__(self, device: str, *, every_s: float = 0.25):
         self.device, self.every_s = device, every_s
         self.readings: list[dict[str, float]] = []
+        self.ended = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="vqf-gpu-sampler", daemon=True)
 
@@ -47,6 +49,7 @@ class GpuSampler:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.ended = time.monotonic()
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()
@@ -55,17 +58,18 @@ class GpuSampler:
         while not self._stop.wait(self.every_s):
             reading = gpu_reading(self.device)
             if reading is not None:
-                self.readings.append(reading)
+                self.readings.append({**reading, "t": time.monotonic()})
 
-    def summary(self) -> dict[str, float] | None:
-        """Mean and max utilisation, NVDEC utilisation and memory; None without readings."""
-        if not self.readings:
+    def summary(self, *, last_s: float | None = None) -> dict[str, float] | None:
+        """Mean and max utilisation, NVDEC utilisation and memory, over the block's last
+        `last_s` seconds (all of it by default); None without readings."""
+        rows = [r for r in self.readings if last_s is None or r["t"] >= self.ended - last_s]
+        if not rows:
             return None
-        out = {"samples": float(len(self.readings))}
+        out = {"samples": float(len(rows))}
         for key in ("util", "nvdec", "mem_used_gb"):
-            values = [r[key] for r in self.readings]
-            out[f"{key}_mean"] = sum(values) / len(values)
-            out[f"{key}_max"] = max(values)
+            out[f"{key}_mean"] = sum(r[key] for r in rows) / len(rows)
+            out[f"{key}_max"] = max(r[key] for r in rows)
         return out
 
 

@@ -16,50 +16,7 @@ from typing import Any
 from vqf.ops.gpu_check.modes import STAGE2
 from vqf.ops.gpu_check.runner import Section
 from vqf.ops.gpu_check.sections import video_of
-
-
-class Readings:
-    """NVML readings (vqf.ops.dashboard.gpu_reading) every `every_s` in a thread while the
-    block runs, each with its time; none without NVML or on a CPU."""
-
-    def __init__(self, device: str, *, every_s: float = 0.1):
-        self.device, self.every_s = device, every_s
-        self.rows: list[dict[str, float]] = []
-        self.ended = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="vqf-check-nvml", daemon=True)
-
-    def __enter__(self) -> Readings:
-        from vqf.ops.dashboard import gpu_reading
-
-        if gpu_reading(self.device) is not None:
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.ended = time.monotonic()
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
-
-    def _loop(self) -> None:
-        from vqf.ops.dashboard import gpu_reading
-
-        while not self._stop.wait(self.every_s):
-            reading = gpu_reading(self.device)
-            if reading is not None:
-                self.rows.append({**reading, "t": time.monotonic()})
-
-    def summary(self, *, last_s: float | None = None) -> dict[str, float] | None:
-        """Mean and max of utilisation, NVDEC and memory, over the block's last `last_s`."""
-        rows = [r for r in self.rows if last_s is None or r["t"] >= self.ended - last_s]
-        if not rows:
-            return None
-        out = {"samples": float(len(rows))}
-        for key in ("util", "nvdec", "mem_used_gb"):
-            out[f"{key}_mean"] = sum(r[key] for r in rows) / len(rows)
-            out[f"{key}_max"] = max(r[key] for r in rows)
-        return out
+from vqf.ops.profile import GpuSampler as Readings  # NVML readings while a block runs
 
 
 # -- nvdec -------------------------------------------------------------------------------------
