@@ -2,7 +2,7 @@
 # The GPU check (README, "GPU check"): environment, pytest -m gpu, NVDEC sessions in flight,
 # V-JEPA 2 ViT-L TFLOP/s and `vqf profile` of stage2 against the seed's design, in at most
 # 8 minutes, writing OUT/gpu-check.md and OUT/gpu-check.json after every section.
-# On the GPU machine, once the carried wheels are installed into /tmp/site (shared/gpu/):
+# On a GPU machine without DALI, PyAV or ultralytics, once their wheels are in /tmp/site:
 #   bash launch/gpu-check.sh --out "$OUT"
 # On a CPU, the same code with tiny sizes in under two minutes:
 #   bash launch/gpu-check.sh --smoke --out runs/gpu-check
