@@ -198,7 +198,9 @@ def test_two_ranks_parquet_one_rank_killed_then_restart(tmp_path, video_factory)
     """One of two ranks is SIGKILLed after the first Parquet file appears; the job must stop
     (not wait for the dead rank) and a rerun completes every row exactly once."""
     videos = [video_factory(codec="h264", seconds=1, seed=i) for i in range(3)]
-    rows = [{"video_id": f"v{i}", "video_path": str(videos[i % 3])} for i in range(8)]
+    # enough rows that rank 1 is still at work when the first file appears: the streaming
+    # engine finishes a handful of tiny videos before a rank's first write lands
+    rows = [{"video_id": f"v{i}", "video_path": str(videos[i % 3])} for i in range(24)]
     table = write_table(rows, tmp_path / "in.jsonl")
     out = tmp_path / "out.parquet"
     args = ["run", str(DEMO), "--tables", str(table), "--outputs", str(out), *LEAN,
