@@ -156,19 +156,21 @@ def test_kill_at_every_stage_then_restart_leaves_one_row_per_input(
     kill_when(proc, decoding)
     after_decode_kill = jsonl_rows(out)
 
-    # 3. model: videos were open, now none is, and the batch's rows are not written yet
+    # 3. model: the first batch has entered the model stage (the crash journal says so, on disk,
+    # before the batch runs), so no row of this run can be written yet
+    journal = out / ".vqf-journal" / "rank-00000.jsonl"
+    old = journal.stat().st_ino if journal.exists() else None
     proc = start(*args, cwd=tmp_path, env=env)
-    state = {"opened": False, "rows": jsonl_rows(out)}
+    state = {"rows": jsonl_rows(out)}
 
     def in_model() -> bool:
-        files = open_files(proc.pid, ".mp4")
-        if files:
-            state["opened"] = True
+        try:  # the run rewrites the journal when it opens it: read only the new file
+            if journal.stat().st_ino == old:
+                return False
+            lines = [json.loads(x) for x in journal.read_text().splitlines() if x.strip()]
+        except (OSError, ValueError):
             return False
-        if not state["opened"] or jsonl_rows(out) != state["rows"]:
-            return False
-        time.sleep(0.1)
-        return not open_files(proc.pid, ".mp4") and jsonl_rows(out) == state["rows"]
+        return any(x.get("op") == "enter" and x.get("stage") == "model" for x in lines)
 
     kill_when(proc, in_model)
     assert jsonl_rows(out) == state["rows"]  # the batch in the model left no row behind
