@@ -9,7 +9,7 @@ import pytest
 os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
 os.environ.setdefault("no_proxy", "127.0.0.1,localhost")
 
-pytest_plugins = ["tests.oss_server", "tests.videos"]
+pytest_plugins = ["tests.oss_server", "tests.videos", "tests.footage"]
 
 
 def cuda_available() -> bool:
