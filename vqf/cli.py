@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from vqf.config import SEED_FLAGS, Recipe, load_recipe, seed_flag_overrides, write_resolved
-from vqf.errors import ConfigError, StuckThreads, TableError, VqfError
+from vqf.errors import ConfigError, OutputFailed, Stopped, StuckThreads, TableError, VqfError
 from vqf.logs import configure_logging
 
 log = logging.getLogger("vqf")
@@ -47,9 +47,22 @@ def main(argv: list[str] | None = None) -> int:
     except StuckThreads as e:
         print(f"vqf: {e}", file=sys.stderr)
         return StuckThreads.EXIT_CODE
+    except Stopped as e:  # leave now: threads left in native code must not abort the exit
+        print(f"vqf: {e}", file=sys.stderr)
+        _leave(e.exit_code)
+    except OutputFailed as e:
+        print(f"vqf: {e}", file=sys.stderr)
+        _leave(OutputFailed.EXIT_CODE)
     except VqfError as e:
         print(f"vqf: {e}", file=sys.stderr)
         return 1
+
+
+def _leave(code: int) -> None:
+    """Exits at once with `code` after flushing output (every row is already durable)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _parser() -> argparse.ArgumentParser:

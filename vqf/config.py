@@ -105,6 +105,7 @@ class DecodeConfig:
     route: Literal["auto", "nvdec", "dali-cpu", "pyav"] = "auto"
     batch_size: int = 4  # videos whose detection frames share one detector call
     workers: int = 2  # fetch + probe threads
+    detect_workers: int = 0  # threads decoding detection frames; 0 = auto: 2 on a CPU, 4 on a GPU
     prefetch: int = 4  # probed videos waiting for detection / decode
     pipelines: int = 0  # decode lanes; 0 = auto: 2 on a CPU, 8 on a GPU (NVDEC sessions)
     threads: int = 2  # DALI worker threads per pipeline
@@ -208,6 +209,9 @@ class EngineConfig:
     # the process group's own timeout, for the few blocking collective calls left; waits for
     # peers (barriers, shared values) poll the store with no deadline and heartbeats instead
     dist_timeout_s: float = 300.0
+    # SIGTERM or a first Ctrl-C: no new video; the ones in flight get this long to finish
+    # (inside Kubernetes' 30 s), then the rest are left for the rerun, charged nothing
+    grace_s: float = 20.0
 
 
 @dataclass(frozen=True)
@@ -410,6 +414,11 @@ def _check_references(recipe: Recipe) -> None:
     if recipe.decode.batch_size < 1 or recipe.engine.clip_batch < 1:
         raise ConfigError("decode.batch_size and engine.clip_batch must be at least 1")
     d = recipe.decode
+    if d.detect_workers < 0 or recipe.engine.grace_s < 0:
+        raise ConfigError(
+            f"decode.detect_workers = {d.detect_workers}, engine.grace_s = "
+            f"{recipe.engine.grace_s}: neither may be negative"
+        )
     if d.pipelines < 0 or d.threads < 1 or d.chunk_frames < 1 or d.workers < 1:
         raise ConfigError(
             f"decode.pipelines = {d.pipelines}, threads = {d.threads}, workers = {d.workers}, "

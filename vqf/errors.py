@@ -64,6 +64,21 @@ class StuckThreads(VqfError):
     EXIT_CODE = 75  # EX_TEMPFAIL: try again
 
 
+class Stopped(VqfError):
+    """A stop was asked for (SIGTERM, Ctrl-C): finished rows are written and committed, the
+    rest are left for the rerun, charged nothing. Exits 128 + the signal's number."""
+
+    def __init__(self, message: str, *, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class OutputFailed(VqfError):
+    """The output cannot be written (a full disk, a lost table): the rank stops at once."""
+
+    EXIT_CODE = 74  # EX_IOERR
+
+
 class ConfigError(VqfError):
     """A recipe or a command-line override is wrong; the run cannot start."""
 

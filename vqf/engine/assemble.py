@@ -9,6 +9,7 @@ its window's buffer and is read backwards by the model stage.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,16 +17,65 @@ import numpy as np
 from vqf.video.plan import Clip, SamplingPlan
 
 
-@dataclass(eq=False)
 class ClipPiece:
-    """A complete clip: `tensor` (T, 3, H, W) in plan order; `reverse` reads it backwards.
+    """A complete clip that owns itself: `tensor` (T, 3, H, W) in plan order, its bytes under
+    the budget, its ready event on its own device's stream, and its release, exactly once.
 
-    `clips` are the plan's clips this buffer serves (a window and its reversed twin)."""
+    `clips` are the plan's clips this buffer serves (a window and its reversed twin, read
+    backwards). The model stage makes one pass over it per (clip, backbone); the last pass
+    done (or `drop` of the passes never made) gives the bytes back.
+    """
 
-    clips: list[tuple[Clip, bool]]
-    tensor: object  # torch.Tensor
-    nbytes: int = 0
-    ready: object = None  # a CUDA event the consumer waits on (GPU only)
+    def __init__(self, clips: list[tuple[Clip, bool]], tensor, *, budget=None):
+        self.clips = clips
+        self.tensor = tensor
+        self.nbytes = _nbytes(tensor)
+        self.budget = budget
+        self.pool = budget.pool_of(tensor) if budget is not None else "host"
+        self.ready = None  # a CUDA event the consumer's stream waits on (GPU only)
+        self._passes = 0
+        self._handed = False
+        self._released = False
+        self._lock = threading.Lock()
+
+    def hand_over(self, passes: int) -> None:
+        """The clip goes to the model stage for `passes` passes; on a GPU its ready event is
+        recorded on the filling thread's stream of the tensor's own device."""
+        with self._lock:
+            self._passes, self._handed = passes, True
+        if self.budget is not None:
+            self.budget.hand_over(self.pool, self.nbytes)
+        if getattr(self.tensor, "is_cuda", False):
+            import torch
+
+            self.ready = torch.cuda.Event()
+            self.ready.record(torch.cuda.current_stream(self.tensor.device))
+        if passes == 0:
+            self.release()
+
+    def done(self, passes: int = 1) -> None:
+        """`passes` passes are over (run, failed or never made): the last one releases."""
+        with self._lock:
+            self._passes -= passes
+            last = self._passes <= 0
+        if last:
+            self.release()
+
+    def release(self) -> None:
+        """Gives the bytes back to the budget, once, whatever path got here."""
+        with self._lock:
+            if self._released:
+                return
+            self._released = True
+        if self.budget is not None:
+            self.budget.free(self.pool, self.nbytes, queued=self._handed)
+        self.tensor = None
+
+    def wait_on(self, stream) -> None:
+        """The consumer's `stream` waits for the copies that filled the clip."""
+        if self.ready is not None:
+            stream.wait_event(self.ready)
+            self.tensor.record_stream(stream)
 
 
 @dataclass(eq=False)
@@ -90,11 +140,19 @@ class ClipAssembler:
                 b.buffer[torch.as_tensor(slots, device=device)] = frames.index_select(0, local)
                 b.filled += len(slots)
             if b.filled == len(b.take):
-                done.append(ClipPiece(clips=b.clips, tensor=b.buffer, nbytes=_nbytes(b.buffer)))
+                done.append(ClipPiece(b.clips, b.buffer, budget=self.budget))
             else:
                 still.append(b)
         self._open = still
         return done
+
+    def settle(self, frames) -> None:
+        """Waits until the copies out of `frames` are done: on a GPU, DALI reuses its output
+        buffers at the pipeline's next run, so the copies must not still be queued then."""
+        if getattr(frames, "is_cuda", False):
+            import torch
+
+            torch.cuda.current_stream(frames.device).synchronize()
 
     def discard(self) -> None:
         """Frees the buffers of clips that will never complete (the video failed)."""

@@ -1,9 +1,11 @@
 """The detect stage: the few detection frames of several videos, one detector call for them.
 
 Each video's detection frames are decoded by seeking to their keyframes (a few GOPs, never a
-pass over the video), letterboxed in the graph, and the frames of up to `decode.batch_size`
-videos go through each detection filter together. The filters' safe crops meet in one region
-of interest, which the decode stage applies to every clip of the video.
+pass over the video), letterboxed in the graph. Several workers decode detection frames at
+once (`decode.detect_workers`, each with a video plane of its own); the frames of up to
+`decode.batch_size` videos go through each detection filter together, one detector call at a
+time. The filters' safe crops meet in one region of interest, which the decode stage applies
+to every clip of the video.
 """
 
 from __future__ import annotations
@@ -12,92 +14,88 @@ import logging
 import queue
 import threading
 
-from vqf.engine.flow import END, take_batch
+from vqf.engine.context import Context
 from vqf.engine.job import VideoJob, as_video_error
-from vqf.engine.workers import call_with_deadline
-from vqf.errors import ErrorType, Stage, VideoError
+from vqf.engine.runtime import Stage, Worker
+from vqf.errors import ErrorType, VideoError
+from vqf.errors import Stage as ErrorStage
 
 log = logging.getLogger(__name__)
 
 
-class DetectStage:
-    """VideoJobs in (`inbox`), the same jobs with `roi` and `detect_info` out (`outbox`)."""
+class DetectStage(Stage):
+    """VideoJobs in, the same jobs with `roi` and `detect_info` out."""
 
-    def __init__(self, engine, *, detectors: list, inbox: queue.Queue, outbox: queue.Queue):
-        self.engine = engine
+    name = "detect"
+    error_stage = ErrorStage.DETECT
+    timeout_counter = "decode_timeouts"
+    batch_wait_s = 0.05
+
+    def __init__(self, ctx: Context, *, detectors: list, inbox: queue.Queue, outbox: queue.Queue):
+        d = ctx.recipe.decode
+        workers = d.detect_workers or (4 if ctx.pool == "device" else 2)
+        super().__init__(inbox=inbox, outbox=outbox, workers=workers, deadline_s=d.timeout_s)
+        self.ctx = ctx
         self.detectors = detectors
-        self.inbox, self.outbox = inbox, outbox
-        self.batch = max(1, engine.recipe.decode.batch_size)
-        self.timeout_s = engine.recipe.decode.timeout_s
-        self.plane = engine.new_plane()
-        self.plane.warm_up(heads=("detect",))
-        self.thread = threading.Thread(target=self._loop, name="vqf-detect", daemon=True)
+        self.batch = max(1, d.batch_size)
+        self._detector = threading.Lock()  # one detector call at a time: the models are shared
 
-    def start(self) -> None:
-        self.thread.start()
+    def setup(self, worker: Worker) -> None:
+        plane = self.ctx.new_plane()
+        plane.warm_up(heads=("detect",))
+        worker.state["plane"] = plane
 
-    def _loop(self) -> None:
-        try:
-            while True:
-                batch = take_batch(self.inbox, most=self.batch, wait_s=0.05)
-                jobs = [j for j in batch if j is not END]
-                if jobs:
-                    with self.engine.stats.stage(
-                        "detect", items=len(jobs), label=",".join(j.video_id for j in jobs)
-                    ):
-                        kept = self._detect(jobs)
-                    for job in kept:
-                        self.outbox.put(job)
-                if len(jobs) < len(batch):
-                    return
-        finally:
-            self.outbox.put(END)
-
-    def _frames(self, job: VideoJob):
-        plane = self.plane
-
-        def frames():
-            self.engine.entering([job], "detect")
-            try:
-                return plane.detect_frames(job.prepared)
-            except VideoError as e:
-                if job.prepared.route != "nvdec" or e.type != ErrorType.DECODE_FAILED:
-                    raise
-                # NVDEC refused the stream: this video goes through FFmpeg from here on
-                log.warning("%s: NVDEC failed (%s); decoding on the CPU", job.video_id, e.message)
-                self.engine.stats.add("fallback_nvdec_to_cpu")
-                job.prepared = job.prepared.on_cpu(f"nvdec failed: {e.message}")
-                return plane.detect_frames(job.prepared)
-
-        try:
-            return call_with_deadline(frames, seconds=self.timeout_s, name="vqf-detect")
-        except TimeoutError:
-            self.engine.stats.add("decode_timeouts")
-            self.plane = self.engine.new_plane()  # the stuck thread keeps the old one
-            raise VideoError(
-                ErrorType.TIMEOUT,
-                f"detection frames of {job.video_id} did not decode within "
-                f"decode.timeout_s = {self.timeout_s:g}s",
-                stage=Stage.DETECT,
-                hint="raise decode.timeout_s, or check the video and the decoder",
-            ) from None
-
-    def _detect(self, jobs: list[VideoJob]) -> list[VideoJob]:
+    def process(self, worker: Worker, jobs: list[VideoJob]) -> None:
+        stats = self.ctx.stats
         ready = []
-        stats = self.engine.stats
-        for job in jobs:
+        for job in list(jobs):
+            worker.hold([job])
             try:
                 with stats.stage("detect:frames", label=job.video_id):
-                    ready.append((job, self._frames(job)))
+                    ready.append((job, self._frames(worker, job)))
             except Exception as e:
-                self._fail(job, e)
+                self.ctx.fail(job, as_video_error(e, ErrorStage.DETECT))
+            worker.carried.remove(job)
+        worker.hold([job for job, _ in ready])
+        lock = self._detector
+        with worker.untimed():
+            lock.acquire()
+        worker.state["lock"] = lock
+        try:
+            with stats.stage("detect", items=len(ready), label=_ids(ready)):
+                kept = self._detect(ready)
+        finally:
+            worker.state.pop("lock", None)
+            lock.release()
+        for job in kept:
+            worker.emit(job)
+
+    def _frames(self, worker: Worker, job: VideoJob):
+        plane = worker.state["plane"]
+        self.ctx.entering([job], "detect")
+        try:
+            frames = plane.detect_frames(job.prepared)
+        except VideoError as e:
+            if job.prepared.route != "nvdec" or e.type != ErrorType.DECODE_FAILED:
+                raise
+            # NVDEC refused the stream: this video goes through FFmpeg from here on
+            log.warning("%s: NVDEC failed (%s); decoding on the CPU", job.video_id, e.message)
+            self.ctx.stats.add("fallback_nvdec_to_cpu")
+            job.prepared = job.prepared.on_cpu(f"nvdec failed: {e.message}")
+            frames = plane.detect_frames(job.prepared)
+        if getattr(frames, "fell_back", False):
+            self.ctx.stats.add("detect_seek_fallbacks")
+        return frames
+
+    def _detect(self, ready: list) -> list[VideoJob]:
+        stats = self.ctx.stats
         crops: dict[int, list] = {id(job): [] for job, _ in ready}
         for det in self.detectors:
             with stats.stage(f"detect:{det.name}", items=len(ready)):
                 outcomes = self._run(det, ready)
             for (job, _), result in outcomes:
                 if isinstance(result, BaseException):
-                    self._fail(job, result)
+                    self.ctx.fail(job, as_video_error(result, ErrorStage.DETECT))
                     continue
                 job.detect_info.update(result.info)
                 if result.crop is not None:
@@ -124,9 +122,22 @@ class DetectStage:
             out += self._run(det, [one])
         return out
 
-    def _fail(self, job: VideoJob, e: BaseException) -> None:
-        job.release()
-        self.engine.fail(job, as_video_error(e, Stage.DETECT))
+    def taken_over(self, worker: Worker) -> None:
+        if worker.state.get("lock") is self._detector:  # stuck inside a detector call
+            self._detector = threading.Lock()
+
+    def timeout_error(self, job: VideoJob, seconds: float) -> VideoError:
+        return VideoError(
+            ErrorType.TIMEOUT,
+            f"detection frames of {job.video_id} did not decode within "
+            f"decode.timeout_s = {seconds:g}s",
+            stage=ErrorStage.DETECT,
+            hint="raise decode.timeout_s, or check the video and the decoder",
+        )
+
+
+def _ids(ready: list) -> str:
+    return ",".join(job.video_id for job, _ in ready)
 
 
 def merge_crops(crops: list[tuple[float, float, float, float]]):

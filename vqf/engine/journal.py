@@ -1,43 +1,34 @@
 """Crash accounting: each rank journals the videos in flight, so a video that kills the
 process (a decoder segfault, a CUDA fatal error, the OOM killer) is not retried for ever.
 
-A journal is one JSON-lines file per rank. `enter` appends a line and fsyncs it before the
-video goes into a stage that can kill the process; `leave` appends one when the video's row
-is written. On open, the file is replayed: every video entered and never left was in flight
-when the process died, and counts one crash more. A video with `max_attempts` crashes is
-quarantined: it gets a `crashed` failure row (`crash_error`) instead of another attempt.
-The file is then compacted to the crash counts alone; a clean finish removes it.
+A journal is one JSON-lines file per rank. `enter` appends a line before the video goes into
+a stage that can kill the process; `ready` when its finished row is handed to the writer (a
+death from then on is not the video's doing); `leave` when the row is durable; `interrupt`
+when a stop (SIGTERM, Ctrl-C, an output that cannot be written) ends the run with the video
+still in flight. On open, the file is replayed: every video entered and never made ready,
+left or interrupted was in flight when the process died, and counts one crash more. A video
+with `max_attempts` crashes is quarantined: it gets a `crashed` failure row (`crash_error`)
+instead of another attempt. The file is then compacted to the crash counts alone; a clean
+finish removes it.
+
+Appends reach the page cache at once, which survives the process dying; a background thread
+fsyncs them in groups (`sync_every_s`), so no stage thread ever waits on the disk, and a
+machine that dies loses at most that much of the journal (an attempt not counted, never a
+row: the output decides what is done).
 
 Wiring into the rank (the engine owns these calls):
 
 ```
 journal = Journal(journal_path(recipe, rank), max_attempts=recipe.engine.max_attempts)
 work = select_work(...)                                   # rows the output already holds: skipped
-for item in work:                                         # quarantine, at selection time
-    key = row_key(index=item.index, video_id=item.video_id)
-    stage = journal.quarantined(key)
-    if stage is not None:
-        error = crash_error(journal.crashed()[key], max_attempts=journal.max_attempts)
-        write it as item's failure row (writer.put(record, key=key)); drop the item
-suspects = [k for k in journal.crashed() if journal.quarantined(k) is None]
-                                                          # run these one at a time with nothing
-                                                          # else in flight, so that a crash
-                                                          # counts against its own video only
-journal.enter(video_id, key, "fetch")   # before fetcher.fetch
-journal.enter(video_id, key, "probe")   # before plane.prepare
-journal.enter(video_id, key, "detect")  # before detection (enter_many for a batch)
-journal.enter(video_id, key, "decode")  # before decode   (enter_many for a batch)
-journal.enter(video_id, key, "model")   # before the models see its clips
-journal.enter(video_id, key, "write")   # before its row goes to the writer
-writer = Writer(sink, ..., on_written=journal.leave_many)  # leave once sink.write returned
-...
+quarantined rows get crash_error(...) as their failure row; other crashed rows are suspects,
+run one at a time with nothing else in flight, each row durable before the next starts
+journal.enter(video_id, key, STAGE)     # before fetch, probe, detect, decode, model, write
+journal.ready([key])                    # its row is in the writer's queue
+writer(on_written=journal.leave_many)   # leave once sink.write returned
+journal.interrupt(keys)                 # a stop: rows still in flight are charged nothing
 sink.close(); journal.close(clean=True)                   # only after every row is durable
 ```
-
-A failure row written without passing a dangerous stage (a malformed row, a duplicate)
-needs no journal. Rows stay exactly once: the journal decides attempts, the output decides
-what is done (a video whose row is durable is skipped by `select_work` even when the
-process died before its `leave`).
 """
 
 from __future__ import annotations
@@ -113,7 +104,7 @@ def crash_error(crashes: Crashes, *, max_attempts: int) -> VideoError:
 class Journal:
     """One rank's videos in flight, durable across process deaths. Thread-safe."""
 
-    def __init__(self, path: Path, *, max_attempts: int):
+    def __init__(self, path: Path, *, max_attempts: int, sync_every_s: float = 0.5):
         if max_attempts < 1:
             raise ConfigError(f"engine.max_attempts = {max_attempts} must be at least 1")
         self.path = Path(path)
@@ -123,6 +114,12 @@ class Journal:
         self._crashes = self._replay()
         self._compact()
         self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._dirty = False
+        self._closing = threading.Event()
+        self._syncer = threading.Thread(
+            target=self._sync_loop, args=(sync_every_s,), name="vqf-journal", daemon=True
+        )
+        self._syncer.start()
 
     # -- at start ----------------------------------------------------------------------------
     def crashed(self) -> dict[str, Crashes]:
@@ -138,30 +135,57 @@ class Journal:
 
     # -- while running -----------------------------------------------------------------------
     def enter(self, video_id: str, key: str, stage: str) -> None:
-        """Records that `key` goes into `stage`; durable (fsynced) when it returns."""
+        """Records that `key` goes into `stage`: a death of the process from now on counts
+        against it (the line is in the page cache when this returns)."""
         self.enter_many([(video_id, key)], stage)
 
     def enter_many(self, items: Iterable[tuple[str, str]], stage: str) -> None:
-        """`enter` for a batch of (video_id, key), with one fsync."""
+        """`enter` for a batch of (video_id, key), with one write."""
         Stage(stage)  # a typo would otherwise surface only in a crashed row
         items = list(items)
         lines = [{"op": "enter", "key": k, "video_id": v, "stage": stage} for v, k in items]
         with self._lock:
-            self._append(lines, sync=True)
+            self._append(lines)
             for video_id, key in items:
                 self._in_flight[key] = (video_id, stage)
 
     def leave(self, key: str) -> None:
-        """Records that `key`'s row was written. Not fsynced: a leave lost with the machine
-        costs one extra attempt count, never a row (the output decides what is done)."""
+        """Records that `key`'s row was written."""
         self.leave_many([key])
 
     def leave_many(self, keys: Iterable[str | None]) -> None:
+        self._settle(keys, "leave")
+
+    def ready(self, keys: Iterable[str | None]) -> None:
+        """`keys`' rows are finished and queued for the writer: not charged if the process
+        dies before they are durable (the rerun judges them again)."""
+        self._settle(keys, "ready")
+
+    def interrupt(self, keys: Iterable[str | None]) -> None:
+        """A stop ends the run with `keys` in flight: charged nothing, judged by the rerun."""
+        self._settle(keys, "interrupted")
+        self.flush()
+
+    def _settle(self, keys: Iterable[str | None], op: str) -> None:
         keys = [k for k in keys if k is not None]
         with self._lock:
-            self._append([{"op": "leave", "key": k} for k in keys], sync=False)
+            self._append([{"op": op, "key": k} for k in keys])
             for key in keys:
                 self._in_flight.pop(key, None)
+
+    def flush(self) -> None:
+        """Makes every line so far durable on the disk (fsync)."""
+        with self._lock:
+            if self._fd is not None and self._dirty:
+                os.fsync(self._fd)
+                self._dirty = False
+
+    def _sync_loop(self, every_s: float) -> None:
+        while not self._closing.wait(every_s):
+            try:
+                self.flush()
+            except OSError as e:  # a full or failing disk: the writer will say so too
+                log.warning("journal %s: fsync failed: %s", self.path, e)
 
     def in_flight(self) -> dict[str, tuple[str, str]]:
         with self._lock:
@@ -170,9 +194,12 @@ class Journal:
     def close(self, *, clean: bool) -> None:
         """Clean (every row durable): the journal is removed. Otherwise it stays for the next
         start, which counts what is still in flight as crashed."""
+        self._closing.set()
         with self._lock:
             if self._fd is None:
                 return
+            if self._dirty:
+                os.fsync(self._fd)
             os.close(self._fd)
             self._fd = None
             if not clean:
@@ -187,15 +214,14 @@ class Journal:
             fsync_dir(self.path.parent)
 
     # -- the file ----------------------------------------------------------------------------
-    def _append(self, lines: list[dict], *, sync: bool) -> None:
+    def _append(self, lines: list[dict]) -> None:
         if self._fd is None:
             raise RuntimeError(f"journal {self.path} is closed")
         if not lines:
             return
         data = "".join(json.dumps(line, separators=(",", ":")) + "\n" for line in lines)
         os.write(self._fd, data.encode())  # in the page cache: survives the process dying
-        if sync:
-            os.fsync(self._fd)  # on the disk: survives the machine too
+        self._dirty = True  # the syncer makes it survive the machine too
 
     def _replay(self) -> dict[str, Crashes]:
         crashes: dict[str, Crashes] = {}
@@ -217,7 +243,7 @@ class Journal:
                 )
             elif op == "enter":
                 in_flight[key] = (entry.get("video_id", ""), entry["stage"])
-            elif op == "leave":
+            elif op in ("leave", "ready", "interrupted"):
                 in_flight.pop(key, None)
         for key, (video_id, stage) in in_flight.items():
             before = crashes.get(key)

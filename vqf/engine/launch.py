@@ -76,9 +76,18 @@ def run_job(recipe: Recipe, *, ranks: int = 1, status=None) -> list[dict[str, An
         )
         p.start()
         procs.append(p)
+    _forward_signals(procs)
     for p in procs:
         p.join()
     failed = [i for i, p in enumerate(procs) if p.exitcode != 0]
+    stopped = {p.exitcode for p in procs} & {130, 143}
+    if stopped:
+        from vqf.errors import Stopped
+
+        raise Stopped(
+            "the ranks stopped on a signal; rerun the same command to resume",
+            exit_code=max(stopped),
+        )
     if failed:
         raise RuntimeError(
             f"ranks {failed} exited with an error; rerun to resume where they stopped"
@@ -93,7 +102,17 @@ def _spawned(spec: RankSpec, recipe: Recipe, results, status) -> None:
     os.environ.setdefault("LOCAL_RANK", str(spec.local_rank))
     os.environ.setdefault("LOCAL_WORLD_SIZE", str(spec.world_size))
     configure_logging()
-    results[spec.rank] = _rank_main(spec, recipe, status)
+    from vqf.errors import OutputFailed, Stopped, StuckThreads
+
+    try:
+        results[spec.rank] = _rank_main(spec, recipe, status)
+    except (Stopped, OutputFailed, StuckThreads) as e:  # one line, as `vqf run` says it
+        import sys
+
+        print(f"vqf: rank {spec.rank}: {e}", file=sys.stderr)
+        sys.stderr.flush()
+        code = getattr(e, "exit_code", getattr(e, "EXIT_CODE", 1))
+        os._exit(code)
 
 
 def _rank_main(spec: RankSpec, recipe: Recipe, status) -> dict[str, Any]:
@@ -112,6 +131,7 @@ def _rank_main(spec: RankSpec, recipe: Recipe, status) -> dict[str, Any]:
         else None
     )
     rank = Rank(recipe, rank=spec.rank, world_size=spec.world_size, device=device)
+    _stop_on_signals(rank)
     reporter = _Reporter(rank.stats, group, status, every_s=every_s)
     reporter.start()
     try:
@@ -127,6 +147,44 @@ def _rank_main(spec: RankSpec, recipe: Recipe, status) -> dict[str, Any]:
     elif status is not None:
         status([snap], final=True)
     return snap
+
+
+def _stop_on_signals(rank) -> None:
+    """SIGTERM (Kubernetes, Slurm, torchrun) and a first Ctrl-C stop the rank gracefully; a
+    second Ctrl-C leaves at once. Neither is a crash: nothing in flight is charged."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def on_signal(signum, frame) -> None:
+        name = signal.Signals(signum).name
+        if signum == signal.SIGINT and rank.stop_reason == "SIGINT":
+            rank.exit_now(128 + signum)
+        rank.request_stop(name)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+
+def _forward_signals(procs) -> None:
+    """The parent of spawned ranks passes a stop on to them as SIGTERM (a terminal's Ctrl-C
+    reaches them by itself too: SIGTERM never counts as the second Ctrl-C)."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def forward(signum, frame) -> None:
+        for p in procs:
+            if p.pid is not None and p.exitcode is None:
+                try:
+                    os.kill(p.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
 
 
 class _ProgressGroup:

@@ -1,41 +1,52 @@
 """One rank: its slice of the table through a streaming dataflow of stages.
 
 ```
-rows ─► prepare ─► detect ─► decode lanes ─► assemble ─► models ─► aggregate ─► record ─► writer
-        (fetch,    (seek to   (N pipelines,  (clips as   (batches   (per video)  (one row
-        probe,     detection  chunks of      frames      of clips                per input)
-        plan)      frames;    chunk_frames;  arrive)     across
-                   batched)   frame filters)             videos)
+rows ─► prepare ─► detect ─► decode lanes ─► models ─► record ─► writer
+        (fetch,    (seek to   (N pipelines,   (batches   (one row   (groups of
+        probe,     detection  chunks, clips   of clips   per input) rows, durable)
+        plan)      frames;    as frames       across
+                   batched)   arrive)         videos)
 ```
-Each stage runs on its own thread(s); every arrow is a bounded queue, and decoded frames in
-flight stay under a byte budget, so memory does not grow with video length and decode runs
-while the models work on earlier clips. Failures from any stage reach the recorder as data;
-the recorder owes every input row exactly one output row.
+Every stage runs on the stage runtime (vqf/engine/runtime.py), which owns its threads, CUDA
+device and stream, deadline, end marker and shutdown; stages see a narrow `Context`, never
+the rank. Every arrow is a bounded queue, and decoded frames in flight stay under a byte
+budget, so memory does not grow with video length and decode runs while the models work on
+earlier clips. Failures from any stage reach the recorder as data; the recorder owes every
+input row exactly one output row.
+
+A stop (`request_stop`: SIGTERM, a first Ctrl-C, too many stuck threads) takes no new video
+and gives those in flight engine.grace_s to finish; finished rows are written, the rest are
+journalled as interrupted (charged nothing) and left for the rerun.
 """
 
 from __future__ import annotations
 
 import logging
 import queue
+import threading
+import time
 from typing import Any
 
 from vqf.config import Recipe
 from vqf.decide import rules_of
-from vqf.engine.flow import Budget
-from vqf.engine.job import VideoJob, as_video_error
+from vqf.engine.context import Context
+from vqf.engine.flow import END, Budget, put
+from vqf.engine.job import VideoJob
 from vqf.engine.memory import fix_mmap_threshold
 from vqf.engine.recorder import Recorder
+from vqf.engine.runtime import Runtime
 from vqf.engine.stats import RankStats
 from vqf.engine.writer import Writer
-from vqf.errors import Stage, StuckThreads, VideoError
+from vqf.errors import OutputFailed, Stopped, StuckThreads
 from vqf.schema import DeviceInfo
 
 log = logging.getLogger(__name__)
 GB = 1024**3
+SIGNAL_EXIT = {"SIGTERM": 143, "SIGINT": 130}
 
 
 class Rank:
-    """Owns one device: the stages, the models, the recorder and a writer thread."""
+    """Owns one device: the stages, the models, the recorder and the writer."""
 
     def __init__(self, recipe: Recipe, *, rank: int, world_size: int, device: str, stats=None):
         self.recipe = recipe
@@ -50,8 +61,36 @@ class Rank:
         self.budget = Budget(
             host_bytes=d.memory_budget_gb * GB, device_bytes=d.device_memory_budget_gb * GB
         )
-        self.exports = None
         self.keep_prepared: list | None = None  # (row, Prepared) of each video, when a list
+        self.stop_reason: str | None = None  # why a stop was asked for ("SIGTERM", ...)
+        self._stop_at = 0.0
+        self._stopping = threading.Event()
+        self.journal = None
+        self.fetcher = None
+        self.abandoned = 0  # stage workers given up on past a deadline, in every stream
+
+    # -- stopping ---------------------------------------------------------------------------
+    def request_stop(self, reason: str) -> None:
+        """Takes no new video from now on; those in flight get engine.grace_s. Safe from a
+        signal handler."""
+        if self.stop_reason is None:
+            self.stop_reason, self._stop_at = reason, time.monotonic()
+            log.warning(
+                "%s: stopping; videos in flight get %gs to finish (a second Ctrl-C exits now)",
+                reason, self.recipe.engine.grace_s,
+            )  # fmt: skip
+        self._stopping.set()
+
+    def exit_now(self, code: int) -> None:
+        """Leaves at once (a second Ctrl-C); videos in flight are charged nothing."""
+        import os
+        import sys
+
+        if self.journal is not None:
+            self.journal.interrupt(self.journal.in_flight())
+        print("vqf: stopped at once; rerun the same command to resume", file=sys.stderr)
+        sys.stderr.flush()
+        os._exit(code)
 
     # -- the run -----------------------------------------------------------------------------
     def run(self, *, group=None, local_leader: bool = True) -> dict[str, Any]:
@@ -66,49 +105,111 @@ class Rank:
             journal_path(self.recipe, self.rank), max_attempts=self.recipe.engine.max_attempts
         )
         self.journal = journal
+        writing = Runtime(device="cpu", fail=lambda job, error: None, stats=self.stats)
         writer = Writer(
             sink,
             flush_rows=self.recipe.engine.writer_flush_rows,
             stats=self.stats,
             on_written=journal.leave_many,
         )
+        writing.start(writer)
         self.stats.queues["write"] = writer.queue
         self.recorder = Recorder(
             writer, recipe=self.recipe, device=self.device_info, stats=self.stats,
             device_name=self.device, journal=journal,
         )  # fmt: skip
         self.recorder.owe(work)
-        clean, stuck = False, None
+        self.ctx = Context(
+            self.recipe, device=self.device, stats=self.stats, budget=self.budget,
+            recorder=self.recorder, journal=journal,
+        )  # fmt: skip
+        self.ctx.stopping = self._stopping
+        self.ctx.keep_prepared = self.keep_prepared
+        self._writing = writing
+        stuck = finished = False
         try:
             todo, suspects = self._sort_out(work, journal)
             if group is not None or todo or suspects:  # every rank reaches the checkpoints
                 self._build(group=group, local_leader=local_leader)
             for item in suspects:  # each alone: a crash counts against its own video only
+                if self._stopping.is_set():
+                    break
                 self._stream([item], alone=True)
-            if todo:
+                writer.sync()  # its row is durable before the next suspect starts
+            if todo and not self._stopping.is_set():
                 self._stream(todo)
-            clean = True
-        except StuckThreads as e:  # what finished is written and committed; then exit
-            stuck = e
+            finished = True
+        except StuckThreads:
+            stuck = True
         finally:
-            if self.exports is not None:
-                self.exports.close()
-            if clean:
-                self.recorder.close()
-            writer.drain()
-        sink.close()
-        journal.close(clean=clean)
-        if stuck is not None:
-            raise stuck
+            if self.ctx.exports is not None:
+                self.ctx.exports.close()
+            left = self._settle(journal, finished=finished)
+            if not writing.aborted.is_set():
+                put(writer.inbox, END, alive=lambda: not writing.aborted.is_set())
+                writing.wait(writer)
+            writer.dead.set()
+        failed = writing.error
+        try:
+            sink.close()
+        except Exception as e:  # the output is already failing: say it once, below
+            failed = failed or e
+        clean = failed is None and not left and self.stop_reason is None and not stuck
+        try:
+            journal.close(clean=clean)
+        except OSError as e:  # a full disk: the output error below says what matters
+            log.warning("journal %s: %s", journal.path, e)
+        written = self.stats.counters["rows_written"]
+        if failed is not None:
+            raise OutputFailed(
+                f"output error: {_one_line(failed)}; {written:g} rows written, "
+                f"rerun the same command to resume"
+            ) from None
+        if stuck:
+            raise StuckThreads(
+                f"{self.stuck_threads()} threads stuck past their deadlines; every finished row "
+                f"is written ({written:g}), the rest ({len(left)}) are left for the restart"
+            )
+        if self.stop_reason is not None:
+            raise Stopped(
+                f"stopped by {self.stop_reason}: {written:g} rows written, {len(left)} left; "
+                f"rerun the same command to resume",
+                exit_code=SIGNAL_EXIT.get(self.stop_reason, 1),
+            )
+        self._check_budget()
         snap = self.stats.snapshot()
-        snap["storage"] = self.fetcher.stats() if hasattr(self, "fetcher") else {}
+        snap["storage"] = self.fetcher.stats() if self.fetcher is not None else {}
         return snap
+
+    def _settle(self, journal, *, finished: bool) -> list:
+        """After the streams: rows still owed. A stop, a failing output or an error of the
+        rank itself leaves them for the rerun, journalled as interrupted (charged nothing);
+        a run that finished gives each an INTERNAL failure."""
+        if not finished or self._stopping.is_set() or self._writing.aborted.is_set():
+            left = self.recorder.forgive_all()
+            try:
+                journal.interrupt(journal.in_flight())
+            except OSError as e:  # a full disk: they may be charged one attempt
+                log.warning("journal %s: %s", journal.path, e)
+            return left
+        self.recorder.close()
+        return []
+
+    def _check_budget(self) -> None:
+        """Every clip buffer gave its bytes back: the budget is at zero after a clean run."""
+        for pool in ("host", "device"):
+            if self.budget.used[pool] or self.budget.queued[pool]:
+                log.error(
+                    "budget leak: %d bytes of %s frames still held (%d queued) after the run",
+                    self.budget.used[pool], pool, self.budget.queued[pool],
+                )  # fmt: skip
+                self.stats.add("budget_leak_bytes", self.budget.used[pool])
 
     def stuck_threads(self) -> int:
         """Threads given up on past a deadline (they may still hold a core or a file)."""
         c = self.stats.counters
-        stuck = c["probe_timeouts"] + c["decode_timeouts"] + c["model_timeouts"]
-        return int(stuck + c["write_timeouts"] + self.fetcher.stuck())
+        stuck = self.abandoned + c["write_timeouts"]
+        return int(stuck + (self.fetcher.stuck() if self.fetcher is not None else 0))
 
     def _sort_out(self, work: list, journal) -> tuple[list, list]:
         """(rows to judge, rows a crash interrupted before); bad rows and videos that killed
@@ -134,47 +235,84 @@ class Rank:
         return todo, suspects
 
     def _stream(self, todo: list, *, alone: bool = False) -> None:
-        """prepare ─► detect ─► decode ─► models, each on its own threads, until all drain."""
+        """prepare ─► detect ─► decode ─► models on the stage runtime, until all drain, the
+        grace after a stop runs out, or the output fails."""
         from vqf.engine.decode_stage import DecodeStage
         from vqf.engine.detect_stage import DetectStage
+        from vqf.engine.models_stage import ModelStage
         from vqf.engine.prepare import PrepareStage
 
-        d = self.recipe.decode
-        self.models = self._model_stage()
+        ctx, d = self.ctx, self.recipe.decode
+        depth = 4 * max(self.batch_sizes.values(), default=8)
+        models = ModelStage(
+            ctx, filters=self.learned, bank=self.bank, batch_sizes=self.batch_sizes, depth=depth
+        )
+        ctx.aggregate = models.aggregate
+        to_prepare: queue.Queue = queue.Queue(maxsize=max(1, d.workers))
         to_decode: queue.Queue = queue.Queue(maxsize=max(1, d.prefetch))
         stages: list = []
         if self.detectors:
             to_detect: queue.Queue = queue.Queue(maxsize=max(1, d.prefetch))
-            stages.append(PrepareStage(self, items=todo, outbox=to_detect))
+            stages.append(PrepareStage(ctx, fetcher=self.fetcher, inbox=to_prepare,
+                                       outbox=to_detect))  # fmt: skip
             stages.append(
-                DetectStage(self, detectors=self.detectors, inbox=to_detect, outbox=to_decode)
+                DetectStage(ctx, detectors=self.detectors, inbox=to_detect, outbox=to_decode)
             )
             self.stats.queues["detect"] = to_detect
         else:
-            stages.append(PrepareStage(self, items=todo, outbox=to_decode))
-        decode = DecodeStage(self, inbox=to_decode, lanes=1 if alone else self.lanes)
+            stages.append(PrepareStage(ctx, fetcher=self.fetcher, inbox=to_prepare,
+                                       outbox=to_decode))  # fmt: skip
+        lanes = 1 if alone else self.lanes
+        decode = DecodeStage(ctx, inbox=to_decode, outbox=models.inbox, models=models,
+                             lanes=lanes)  # fmt: skip
+        stages += [decode, models]
+        self.stats.queues["prepare"] = to_prepare
         self.stats.queues["decode"] = to_decode
-        self.stats.queues["clips"] = self.models.inbox
+        self.stats.queues["clips"] = models.inbox
         self.stats.probes["frames_in_flight"] = self.budget.snapshot
-        for stage in (*stages, decode, self.models):
-            stage.start()
-        prepare = stages[0]
-        while not self.models.finished.wait(0.5):
-            decode.watch(timeout_s=d.timeout_s)
-            self.models.watch(timeout_s=d.timeout_s)
-            if self.stuck_threads() > self.recipe.engine.max_stuck_threads and not prepare.stopped:
-                log.error(
-                    "%d threads are stuck past their deadlines (engine.max_stuck_threads = %d): "
-                    "taking no new videos, finishing those in flight",
-                    self.stuck_threads(), self.recipe.engine.max_stuck_threads,
-                )  # fmt: skip
-                self.recorder.forgive(prepare.stop())  # rows never started: the restart's
-        self.stats.add("decode_lanes_replaced", decode.replaced)
-        if prepare.stopped:
-            raise StuckThreads(
-                f"{self.stuck_threads()} threads stuck past their deadlines; every finished row "
-                f"is written, the rest are left for the restart"
-            )
+        runtime = Runtime(device=self.device, fail=ctx.fail, stats=self.stats)
+        for stage in reversed(stages):  # consumers first: nothing waits on a stage not started
+            runtime.start(stage)
+        feeder = threading.Thread(
+            target=self._feed, args=(todo, to_prepare, runtime), name="vqf-feed", daemon=True
+        )
+        feeder.start()
+        try:
+            runtime.wait(models, tick=lambda: self._check_stops(runtime))
+        finally:
+            runtime.abort()  # whatever is left (a stop's grace ran out) stops looking up
+            self.abandoned += runtime.abandoned
+            self.stats.add("decode_lanes_replaced", runtime.replaced(decode))
+        if self.stop_reason == "stuck threads":
+            raise StuckThreads("stuck threads")
+
+    def _feed(self, todo: list, inbox: queue.Queue, runtime: Runtime) -> None:
+        """The stream's rows into the prepare stage, until a stop; then END."""
+        going = lambda: not self._stopping.is_set() and not runtime.aborted.is_set()  # noqa: E731
+        for n, item in enumerate(todo):
+            if not going() or not put(inbox, VideoJob(item=item), alive=going):
+                self.recorder.forgive(todo[n:])  # never started: the rerun's
+                break
+        put(inbox, END, alive=lambda: not runtime.aborted.is_set())
+
+    def _check_stops(self, runtime: Runtime) -> None:
+        """From the rank's main loop: the grace after a stop, stuck threads, a failed output."""
+        if self._writing.aborted.is_set():
+            runtime.abort()
+            return
+        limit = self.recipe.engine.max_stuck_threads
+        if self.stop_reason is None and self.abandoned + runtime.abandoned > limit:
+            log.error(
+                "%d threads are stuck past their deadlines (engine.max_stuck_threads = %d): "
+                "taking no new videos, finishing those in flight",
+                self.abandoned + runtime.abandoned, limit,
+            )  # fmt: skip
+            self.request_stop("stuck threads")
+        if self.stop_reason is not None:
+            if time.monotonic() - self._stop_at > self.recipe.engine.grace_s:
+                log.warning("the grace of %gs is over: leaving the videos still in flight "
+                            "for the rerun", self.recipe.engine.grace_s)  # fmt: skip
+                runtime.abort()
 
     # -- set-up ------------------------------------------------------------------------------
     def _build(self, *, group=None, local_leader: bool = True) -> None:
@@ -192,7 +330,6 @@ class Rank:
 
             torch.cuda.set_device(torch.device(self.device))
             self.stats.probes["gpu"] = lambda: gpu_reading(self.device)
-        self.probe_plane = self.new_plane()
         resolve = localize(
             self.recipe, fetcher=self.fetcher, local_leader=local_leader, group=group
         )
@@ -206,8 +343,9 @@ class Rank:
         )
         filters = list(build_filters(recipe=self.recipe, bank=self.bank).values())
         self.detectors = [f for f in filters if "detect" in f.reads]
-        self.frame_filters = [f for f in filters if "frames" in f.reads]
-        learned = [f for f in filters if f not in self.detectors and f not in self.frame_filters]
+        frame_filters = [f for f in filters if "frames" in f.reads]
+        self.ctx.frame_filters = frame_filters
+        learned = [f for f in filters if f not in self.detectors and f not in frame_filters]
         cap = self.recipe.engine.clip_batch
         self.batch_sizes = {
             name: max(1, min(cap, m.batch_size)) for name, m in self.recipe.models.items()
@@ -224,104 +362,18 @@ class Rank:
             )
         self._build_exports()
 
-    def _model_stage(self):
-        from vqf.engine.models_stage import ModelStage
-
-        depth = 4 * max(self.batch_sizes.values(), default=8)
-        return ModelStage(
-            self, filters=self.learned, bank=self.bank, batch_sizes=self.batch_sizes, depth=depth
-        )
-
     def _build_exports(self) -> None:
         spec = self.recipe.filters.get("abnormal_region")
         if spec is None or not spec.enable or not spec.export.enable:
             return
         from vqf.video.export import ExportPool
 
-        self.exports = ExportPool(spec.export, storage=self.recipe.storage, stats=self.stats)
+        self.ctx.exports = ExportPool(spec.export, storage=self.recipe.storage, stats=self.stats)
 
-    # -- what the stages call ----------------------------------------------------------------
-    def entering(self, jobs, stage: str) -> None:
-        """Journals that `jobs` enter `stage` (a crash now counts against them), then runs the
-        fault hook (VQF_FAULT) for each; an injected fault raises here."""
-        from vqf.faults import fault_point
 
-        jobs = list(jobs)
-        self.journal.enter_many([(j.video_id, j.key) for j in jobs], stage)
-        for job in jobs:
-            fault_point(stage, job.video_id)
-
-    def new_plane(self):
-        """A video plane of one's own (a stage thread's DALI pipelines)."""
-        from vqf.video import VideoPlane
-
-        return VideoPlane(recipe=self.recipe, device=self.device)
-
-    def frame_measures(self, prepared):
-        from vqf.filters.frames import FrameMeasures
-
-        return FrameMeasures(
-            self.frame_filters,
-            plan=prepared.plan,
-            info=prepared.info,
-            sampling=self.recipe.sampling,
-        )
-
-    def fail(self, job: VideoJob, error: VideoError) -> None:
-        """A stage's failure of one video: its row, once; the other stages drop the video."""
-        with job.lock:
-            if job.closed:
-                return
-            job.closed = True
-        job.release()
-        self.recorder.fail(job.item, error, job=job)
-
-    def start_export(self, job: VideoJob) -> None:
-        """Queues the cropped copy when a safe crop was applied (before the file is released)."""
-        crop = job.detect_info.get("abnormal_region_crop")
-        if self.exports is None or job.roi is None or not crop or job.fetched is None:
-            return
-        roi, info = job.roi, job.prepared.info
-        width, height = info.display_width, info.display_height
-        box = (
-            round(roi.x0 * width), round(roi.y0 * height),
-            round(roi.x1 * width), round(roi.y1 * height),
-        )  # fmt: skip
-        job.export = self.exports.submit(
-            job.fetched.path, video_id=job.video_id, crop=box, rotation=info.rotation
-        )
-
-    def maybe_finish(self, job: VideoJob) -> None:
-        """Records a video once decode is over and every clip has been through the models."""
-        with job.lock:
-            if job.closed or not job.decoded or job.clips_out:
-                return
-            job.closed = True
-        try:
-            info = self.models.aggregate(job)
-            info.update(job.frame_info)
-            info.update(job.detect_info)
-        except Exception as e:
-            self.recorder.fail(job.item, as_video_error(e, Stage.AGGREGATE), job=job)
-            return
-        extra = {"frames_decoded": job.frames_decoded}
-        if job.export is None:
-            self.recorder.succeed(job, info, route=job.prepared.route, extra=extra)
-            return
-        # the row waits for its export on the export pool's thread, never on a stage's
-        job.export.add_done_callback(
-            lambda fut: self._record_export(job, info, extra, fut.result())
-        )
-
-    def _record_export(self, job: VideoJob, info: dict, extra: dict, result: dict) -> None:
-        if "error" in result:
-            info["abnormal_region_export"] = {"error": result["error"]}
-        else:
-            info["abnormal_region_export"] = {
-                k: result[k] for k in ("url", "width", "height", "frames") if k in result
-            }
-            extra = dict(extra, video_oss_url=result["url"])
-        self.recorder.succeed(job, info, route=job.prepared.route, extra=extra)
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text[:300]
 
 
 def describe_device(device: str, *, rank: int, world_size: int) -> DeviceInfo:

@@ -56,6 +56,12 @@ class Recorder:
             for item in items:
                 self._owed.pop(item.index, None)
 
+    def forgive_all(self) -> list[WorkItem]:
+        """Every row still owed, no longer owed (a stop): the rerun's; returns them."""
+        with self._lock:
+            left, self._owed = list(self._owed.values()), {}
+        return left
+
     def _claim(self, item: WorkItem) -> bool:
         with self._lock:
             return self._owed.pop(item.index, None) is not None
@@ -65,7 +71,7 @@ class Recorder:
         if not self._claim(job.item):
             return False
         # scores are always written; the recipe's thresholds add keep/reasons beside them
-        fields = dict(self.extra, decode_route=route, **(extra or {}))
+        fields = dict(self.extra, row=job.item.index, decode_route=route, **(extra or {}))
         fields.update(decide(info, recipe=self.recipe))
         url = fields.pop("video_oss_url", None)
         record = success_record(
@@ -86,8 +92,14 @@ class Recorder:
         if route and route != "nvdec" and self.device_name.startswith("cuda"):
             self.stats.add("fallback_cpu_decode")
         self.stats.add("video_seconds", float(job.prepared.info.duration_s))
-        self.writer.put(record, key=key)
+        self._queue(record, key)
         return True
+
+    def _queue(self, record: dict, key: str | None) -> None:
+        """To the writer; the journal then knows the row is finished (a death of the process
+        before it is durable is not this video's doing)."""
+        if self.writer.put(record, key=key) and key is not None and self.journal is not None:
+            self.journal.ready([key])
 
     def _entering_write(self, item: WorkItem) -> str:
         """Journals the row's write (a kill now counts against it) and runs the fault hook."""
@@ -132,7 +144,7 @@ class Recorder:
             start_time=job.start_time if job else None,
             cost_s=(time.time() - job.started) if job else 0.0,
             device=self.device,
-            extra=self.extra,
+            extra=dict(self.extra, row=item.index),
         )
         key = None
         if job is not None and error.stage != Stage.WRITE:
@@ -141,13 +153,14 @@ class Recorder:
             except Exception as e:  # the write stage's own fault replaces the message
                 record = failure_record(
                     item.raw, as_video_error(e, Stage.WRITE), row=item.row,
-                    start_time=job.start_time, device=self.device, extra=self.extra,
+                    start_time=job.start_time, device=self.device,
+                    extra=dict(self.extra, row=item.index),
                 )  # fmt: skip
         elif job is not None:
             from vqf.engine.journal import row_key
 
             key = row_key(index=item.index, video_id=item.video_id)
-        self.writer.put(record, key=key)
+        self._queue(record, key)
         return True
 
     def close(self) -> int:

@@ -28,7 +28,7 @@ def open_tables(recipe: Recipe, *, rank: int, world_size: int, stats, group=None
     # every rank commits its own output windows: no shared upload session
     sink = open_sink(recipe.outputs, rank=rank, world_size=world_size, sinks=recipe.sinks)
     work: list[WorkItem] = select_work(
-        source.read(start=start, count=count), start=start, done=sink.done_counts()
+        source.read(start=start, count=count), start=start, done=sink.done_rows()
     )
     stats.total = count
     stats.add("rows_skipped_done", count - len(work))

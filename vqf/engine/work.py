@@ -31,12 +31,15 @@ def _raw_id(raw: Any) -> str:
     return ""
 
 
-def select_work(records: Iterable[dict], *, start: int, done: Counter[str]) -> list[WorkItem]:
+def select_work(records: Iterable[dict], *, start: int, done) -> list[WorkItem]:
     """The rows still to do, in table order.
 
-    The k-th row of a video_id in this slice counts as done when the output already holds at
-    least k rows of that id, so a rerun writes nothing twice. A later row repeating a video_id
-    of this slice becomes a DUPLICATE_ROW failure instead of judging the same video twice.
+    A row is done when the output holds a row with its table position (`done.rows`, from
+    `result_info.row`), so repeated video_ids never stand in for each other. Output rows
+    written without a position count by video_id (`done.by_video_id`): the k-th row of an id
+    in this slice is done when the output holds at least k of them. A later row repeating a
+    video_id of this slice becomes a DUPLICATE_ROW failure instead of judging the same video
+    twice.
     """
     seen: Counter[str] = Counter()
     first_at: dict[str, int] = {}
@@ -45,7 +48,7 @@ def select_work(records: Iterable[dict], *, start: int, done: Counter[str]) -> l
         index = start + offset
         video_id = _raw_id(raw)
         seen[video_id] += 1
-        if seen[video_id] <= done[video_id]:
+        if index in done.rows or seen[video_id] <= done.by_video_id[video_id]:
             first_at.setdefault(video_id, index)
             continue
         item = WorkItem(index=index, raw=raw, row=None)

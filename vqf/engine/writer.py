@@ -1,8 +1,11 @@
-"""The writer thread: takes finished records from a queue and makes them durable in the sink.
+"""The writer: a stage that takes finished records and makes them durable in the sink.
 
-`on_written(keys)` is told the keys given to `put` once `sink.write` returned for their
-records (the crash journal's `leave_many`). A sink with a `tick()` (ODPS, whose commit window
-may close by time) has it called about every second while no record arrives.
+Records are written in groups of up to `flush_rows`, a group as soon as its first record has
+waited `flush_s`. `on_written(keys)` is told the keys given to `put` once `sink.write`
+returned for their records (the crash journal's `leave_many`). A sink with a `tick()` (ODPS,
+whose commit window may close by time) has it called about every second while no record
+arrives. The writer is the one fatal stage: a sink that cannot write (a full disk, a lost
+table) stops the rank, which says so in one line; rows not yet durable are the rerun's.
 """
 
 from __future__ import annotations
@@ -11,83 +14,80 @@ import json
 import logging
 import queue
 import threading
-import time
 from typing import Any
+
+from vqf.engine.runtime import Stage, Worker
+from vqf.errors import Stage as ErrorStage
 
 log = logging.getLogger(__name__)
 
-_STOP = object()
 
-
-class Writer:
+class Writer(Stage):
     """Writes records in groups; a group is durable when `sink.write` returns."""
+
+    name = "write"
+    error_stage = ErrorStage.WRITE
+    fatal = True  # the output is gone: stop the rank rather than lose rows quietly
 
     def __init__(
         self, sink: Any, *, flush_rows: int, stats: Any, on_written=None, flush_s: float = 1.0
     ):
+        flush_rows = max(1, flush_rows)
+        super().__init__(inbox=queue.Queue(maxsize=max(1024, 4 * flush_rows)), outbox=None)
         self.sink = sink
-        self.flush_rows = max(1, flush_rows)
-        self.flush_s = flush_s
+        self.batch, self.batch_wait_s = flush_rows, flush_s
         self.stats = stats
         self.on_written = on_written
         self._tick = getattr(sink, "tick", None)
-        self.queue: queue.Queue = queue.Queue(maxsize=4 * self.flush_rows)
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._loop, name="vqf-writer", daemon=True)
-        self._thread.start()
+        self.idle_s = 1.0 if self._tick is not None else None
+        self.queue = self.inbox  # its depth, for the dashboard
+        self.dead = threading.Event()  # set by the rank when the run stops writing
+        self._counts = threading.Condition()
+        self._put = 0
+        self._written = 0
 
-    def put(self, record: dict[str, str], *, key: str | None = None) -> None:
-        if self.error is not None:
-            raise RuntimeError(f"the writer stopped: {self.error}") from self.error
-        self.queue.put((record, key))
+    def setup(self, worker: Worker) -> None:
+        self.dead = worker.runtime.aborted  # a failed write stops every put at once
 
-    def drain(self) -> None:
-        """Writes what is queued and stops the thread; the sink stays open for its owner."""
-        self.queue.put(_STOP)
-        self._thread.join()
-        if self.error is not None:
-            raise RuntimeError(f"writing the output failed: {self.error}") from self.error
+    def jobs_of(self, item) -> list:
+        return []  # a record's video is finished: a failing write is the output's failure
 
-    def _loop(self) -> None:
-        pending: list[dict[str, str]] = []
-        keys: list[str | None] = []
-        stop = False
-        since = 0.0
-        while not stop:
-            if pending:  # a group is written once its first record has waited flush_s
-                idle_s = max(0.0, since + self.flush_s - time.monotonic())
-            else:
-                idle_s = 1.0 if self._tick is not None else None
+    def put(self, record: dict[str, str], *, key: str | None = None) -> bool:
+        """Queues a record; False when the writer has stopped (the rank is ending)."""
+        if self.dead.is_set():
+            return False
+        with self._counts:
+            self._put += 1
+        while not self.dead.is_set():
             try:
-                item = self.queue.get(timeout=idle_s)
-            except queue.Empty:
-                item = None
-            if item is _STOP:
-                stop = True
-            elif item is not None:
-                if not pending:
-                    since = time.monotonic()
-                pending.append(item[0])
-                keys.append(item[1])
-            due = bool(pending) and time.monotonic() - since >= self.flush_s
-            try:
-                if pending and (stop or due or len(pending) >= self.flush_rows):
-                    self._write(pending, keys)
-                    pending, keys = [], []
-                elif item is None and self._tick is not None:
-                    self._tick()
-            except BaseException as e:  # keep it for the rank to raise; rows stay unwritten
-                self.error = e
-                log.error("output write failed: %s", e)
-                return
+                self.inbox.put((record, key), timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
 
-    def _write(self, pending: list[dict[str, str]], keys: list[str | None]) -> None:
-        ids = ",".join(str(r.get("video_id", "")) for r in pending)
-        with self.stats.stage("write", items=len(pending), label=ids):
-            self.sink.write(pending)
-        self.stats.add("rows_written", len(pending))
-        for record in pending:
+    def sync(self) -> bool:
+        """Waits until every record put so far is durable; False if the writer stopped."""
+        with self._counts:
+            want = self._put
+            while self._written < want and not self.dead.is_set():
+                self._counts.wait(0.2)
+            return self._written >= want
+
+    def process(self, worker: Worker, items: list) -> None:
+        records = [record for record, _ in items]
+        ids = ",".join(str(r.get("video_id", "")) for r in records)
+        with self.stats.stage("write", items=len(records), label=ids):
+            self.sink.write(records)
+        self.stats.add("rows_written", len(records))
+        for record in records:
             if json.loads(record["result_info"]).get("succeed") == "true":
                 self.stats.add("succeeded")
         if self.on_written is not None:
-            self.on_written(keys)
+            self.on_written([key for _, key in items])
+        with self._counts:
+            self._written += len(items)
+            self._counts.notify_all()
+
+    def idle(self, worker: Worker) -> None:
+        self._tick()

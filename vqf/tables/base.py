@@ -8,6 +8,7 @@ import json
 import os
 import re
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -42,8 +43,8 @@ class Sink(Protocol):
 
     uri: str
 
-    def done_counts(self) -> collections.Counter[str]:
-        """video_id -> rows the output already holds (every shard, any rank)."""
+    def done_rows(self) -> Done:
+        """The input rows the output already holds (every shard, any rank)."""
         ...
 
     def write(self, records: list[dict]) -> None:
@@ -53,6 +54,32 @@ class Sink(Protocol):
     def close(self) -> None:
         """Flushes; ODPS commits the rank's last window."""
         ...
+
+
+@dataclass
+class Done:
+    """What an output already holds. A row's identity is its position in the input table,
+    written as `result_info.row`; rows written without it are counted by video_id."""
+
+    rows: set[int] = field(default_factory=set)
+    by_video_id: collections.Counter[str] = field(default_factory=collections.Counter)
+
+    def add(self, video_id: object, result_info: object) -> None:
+        """Counts one output row from its video_id and result_info (JSON text or object)."""
+        info = result_info
+        if isinstance(info, (str, bytes)):
+            try:
+                info = json.loads(info) if info else {}
+            except ValueError:
+                info = {}
+        row = info.get("row") if isinstance(info, dict) else None
+        if isinstance(row, int) and not isinstance(row, bool):
+            self.rows.add(row)
+        elif video_id is not None:
+            self.by_video_id[str(video_id)] += 1
+
+    def __len__(self) -> int:
+        return len(self.rows) + sum(self.by_video_id.values())
 
 
 # File formats by name; a format class has `suffix`, `open_part(path)` and

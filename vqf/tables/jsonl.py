@@ -7,7 +7,6 @@ mid-write is cut back to its last complete line when its writer opens it again.
 
 from __future__ import annotations
 
-import collections
 import json
 import os
 from collections.abc import Iterator, Sequence
@@ -17,6 +16,7 @@ from typing import Any
 from vqf.errors import TableError
 from vqf.tables.base import (
     FORMATS,
+    Done,
     check_rank,
     check_slice,
     fsync_dir,
@@ -125,13 +125,13 @@ def _line_start(f, end: int) -> int:
     return 0
 
 
-def count_video_ids(path: Path, counts: collections.Counter[str]) -> None:
-    """Adds the video_ids of a shard's valid lines to `counts` (torn lines are not rows)."""
+def count_done(path: Path, done: Done) -> None:
+    """Adds a shard's valid lines to `done` (torn lines are not rows)."""
     with open(path, "rb") as f:
         for line in f:
             value = parse_line(line) if line.strip() else None
-            if isinstance(value, dict) and value.get("video_id") is not None:
-                counts[str(value["video_id"])] += 1
+            if isinstance(value, dict):
+                done.add(value.get("video_id"), value.get("result_info"))
 
 
 class JsonlSink:
@@ -159,12 +159,12 @@ class JsonlSink:
         if created:
             fsync_dir(self.directory)
 
-    def done_counts(self) -> collections.Counter[str]:
-        counts: collections.Counter[str] = collections.Counter()
+    def done_rows(self) -> Done:
+        done = Done()
         for path in sorted(self.directory.glob("*.jsonl")):
             if not path.name.startswith("."):
-                count_video_ids(path, counts)
-        return counts
+                count_done(path, done)
+        return done
 
     def write(self, records: list[dict]) -> None:
         if not records:

@@ -14,7 +14,7 @@ closes after `commit_every_rows` rows or `commit_every_s` seconds since its firs
 `block_rows` with ids 0, 1, ... within the window's session (deterministic: a retried block
 overwrites itself instead of duplicating rows), and the window's `commit` makes them visible
 at once. A window not committed when the process dies is never visible: its rows have no
-output yet, so a rerun (reading committed rows through `done_counts()`) writes them again,
+output yet, so a rerun (reading committed rows through `done_rows()`) writes them again,
 once.
 
 Credentials come from ODPS_ACCESS_ID, ODPS_ACCESS_KEY and ODPS_ENDPOINT (ODPS_PROJECT is the
@@ -23,7 +23,6 @@ default project, else the URI's); they are never logged or put in errors.
 
 from __future__ import annotations
 
-import collections
 import logging
 import os
 import re
@@ -33,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vqf.errors import TableError
-from vqf.tables.base import URI_HINT, check_rank, check_slice, output_record
+from vqf.tables.base import URI_HINT, Done, check_rank, check_slice, output_record
 
 log = logging.getLogger(__name__)
 
@@ -242,22 +241,24 @@ class OdpsSink:
         self._buffer: list[dict[str, str]] = []
         self._closed = False
 
-    def done_counts(self) -> collections.Counter[str]:
-        """video_ids the table (partition) holds: every window any rank committed."""
-        counts: collections.Counter[str] = collections.Counter()
+    def done_rows(self) -> Done:
+        """The rows the table (partition) holds: every window any rank committed."""
+        done = Done()
         try:
             if not _partition_exists(self.table, self.location):
-                return counts
+                return done
             session = _tunnel(self.client, self.location.project).create_download_session(
                 self.table, partition_spec=self.location.partition or None
             )
             total = int(session.count)
             if total:
-                with session.open_record_reader(0, total, columns=["video_id"]) as reader:
-                    counts.update(str(r["video_id"]) for r in reader if r["video_id"] is not None)
+                columns = ["video_id", "result_info"]
+                with session.open_record_reader(0, total, columns=columns) as reader:
+                    for r in reader:
+                        done.add(r["video_id"], r["result_info"])
         except Exception as e:
             raise _failed("reading finished rows of", self.location, e) from None
-        return counts
+        return done
 
     def write(self, records: list[dict]) -> None:
         """Adds records to the open window (full blocks go up); commits each window that

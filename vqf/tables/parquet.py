@@ -7,7 +7,6 @@ pyarrow is imported here, on first use of a Parquet table.
 
 from __future__ import annotations
 
-import collections
 import os
 import re
 from collections.abc import Iterator, Sequence
@@ -16,6 +15,7 @@ from pathlib import Path
 from vqf.errors import TableError
 from vqf.tables.base import (
     FORMATS,
+    Done,
     check_rank,
     check_slice,
     fsync_dir,
@@ -118,14 +118,15 @@ class ParquetSink:
         ]
         return max(seqs, default=-1) + 1
 
-    def done_counts(self) -> collections.Counter[str]:
-        counts: collections.Counter[str] = collections.Counter()
+    def done_rows(self) -> Done:
+        done = Done()
         for path in sorted(self.directory.glob("*.parquet")):
             if path.name.startswith("."):
                 continue
-            ids = _open(path).read(columns=["video_id"]).column(0).to_pylist()
-            counts.update(str(v) for v in ids if v is not None)
-        return counts
+            table = _open(path).read(columns=["video_id", "result_info"])
+            for video_id, info in zip(*(c.to_pylist() for c in table.columns)):
+                done.add(video_id, info)
+        return done
 
     def write(self, records: list[dict]) -> None:
         import pyarrow as pa
