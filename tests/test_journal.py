@@ -15,6 +15,7 @@ import pytest
 
 from vqf.config import EngineConfig, Recipe
 from vqf.engine.journal import Crashes, Journal, crash_error, journal_path, row_key
+from vqf.engine.runtime import Runtime
 from vqf.engine.stats import RankStats
 from vqf.engine.writer import Writer
 from vqf.errors import ConfigError, ErrorType, Stage
@@ -176,6 +177,8 @@ def test_the_writer_reports_keys_once_written_and_ticks_an_idle_sink(tmp_path):
     journal = Journal(tmp_path / "j.jsonl", max_attempts=2)
     sink = ListSink()
     writer = Writer(sink, flush_rows=2, stats=RankStats(), on_written=journal.leave_many)
+    runtime = Runtime(device="cpu", fail=None, stats=RankStats())
+    runtime.start(writer)
     for i in range(3):
         journal.enter(f"v{i}", f"{i}:v{i}", "write")
         writer.put(record(f"v{i}"), key=f"{i}:v{i}")
@@ -183,7 +186,7 @@ def test_the_writer_reports_keys_once_written_and_ticks_an_idle_sink(tmp_path):
     deadline = time.monotonic() + 10
     while sink.ticks == 0 and time.monotonic() < deadline:
         time.sleep(0.1)
-    writer.drain()
+    writer.drain(runtime)
     assert [r["video_id"] for r in sink.rows] == ["v0", "v1", "v2", "dup"]
     assert journal.in_flight() == {}
     assert sink.ticks >= 1

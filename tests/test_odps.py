@@ -317,7 +317,7 @@ def run_rows(server, rows, *, crash_after=None, **options):
         columns=OUTPUT_COLUMNS,
         **options,
     )
-    work = select_work(rows, start=0, done=sink.done_counts())
+    work = select_work(rows, start=0, done=sink.done_rows())
     for n, item in enumerate(work):
         if n == crash_after:
             return sink
@@ -388,11 +388,11 @@ def test_done_counts_read_the_committed_output(server):
         for vid in ["a", "b", "a"]
     ]
     sink = open_sink(f"odps://proj/results/{spec}", rank=1, world_size=4, odps_client=server)
-    assert sink.done_counts() == collections.Counter({"a": 2, "b": 1})
+    assert sink.done_rows().by_video_id == collections.Counter({"a": 2, "b": 1})
     reads = [d.reads for d in server.downloads.values()]
-    assert reads == [[(0, 3, ["video_id"])]]  # one column, the whole partition
+    assert reads == [[(0, 3, ["video_id", "result_info"])]]  # two columns, the whole partition
     fresh = open_sink("odps://proj/results/ds=20240102", rank=0, world_size=1, odps_client=server)
-    assert fresh.done_counts() == collections.Counter()
+    assert fresh.done_rows().by_video_id == collections.Counter()
 
 
 def test_odps_errors_name_the_fix(server):

@@ -179,7 +179,7 @@ def test_jsonl_resume_after_a_torn_write(tmp_path, torn):
     with open(out / "part-00000.jsonl", "ab") as f:
         f.write(torn)
     sink = open_sink(str(out), rank=0, world_size=1)
-    assert sink.done_counts() == {"v0": 1, "v1": 1, "v2": 1}
+    assert sink.done_rows().by_video_id == {"v0": 1, "v1": 1, "v2": 1}
     sink.write([out_row(3), out_row(4)])
     sink.close()
     ids = [row["video_id"] for row in jsonl_lines(out)]
@@ -195,7 +195,7 @@ def test_done_counts_see_every_rank_of_any_world_size(tmp_path):
     with open(out / "part-00002.jsonl", "ab") as f:
         f.write(b'{"video_id": "v2')
     with open_sink(str(out), rank=0, world_size=2) as sink:
-        assert sink.done_counts() == {"v0": 1, "v1": 1, "v2": 1, "v10": 3}
+        assert sink.done_rows().by_video_id == {"v0": 1, "v1": 1, "v2": 1, "v10": 3}
     assert len(jsonl_lines(out)) == 6
 
 
@@ -209,7 +209,7 @@ def test_parquet_resume_removes_temps_and_continues_numbering(tmp_path):
     sink = open_sink(str(out), rank=0, world_size=2)
     left = sorted(p.name for p in out.glob(".part-*"))
     assert left == [".part-00001-000000.parquet.tmp"]  # another live rank's temp is kept
-    assert sink.done_counts() == {"v0": 1}
+    assert sink.done_rows().by_video_id == {"v0": 1}
     sink.write([out_row(1)])
     sink.close()
     assert (out / "part-00000-000001.parquet").exists()
@@ -242,7 +242,7 @@ def test_kill_9_mid_write_leaves_a_readable_output(tmp_path, name):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     with open_sink(str(out), rank=0, world_size=1) as sink:
-        done = sink.done_counts()
+        done = sink.done_rows().by_video_id
         assert len(done) >= 24 and set(done.values()) == {1}
         sink.write([out_row(-1)])
     rows = read_all(out)
@@ -295,3 +295,22 @@ def test_bad_sinks_raise_table_error(tmp_path):
         open_sink("oss://bucket/out", rank=0, world_size=1)
     with pytest.raises(ConfigError):
         open_sink(str(tmp_path / "out"), rank=1, world_size=1)
+
+
+@pytest.mark.parametrize("name", ["out", "out.parquet"])
+def test_rows_are_done_by_table_position_not_by_video_id(tmp_path, name):
+    """Two input rows share a video_id; the output holds the second one's row only (the
+    first was in flight when the run died). The first is still to do, the second is not."""
+    from vqf.engine.work import select_work
+
+    out = tmp_path / name
+    with open_sink(str(out), rank=0, world_size=1) as sink:
+        sink.write([out_row(7, result_info=json.dumps({"succeed": "false", "row": 1}))])
+    done = open_sink(str(out), rank=0, world_size=1).done_rows()
+    assert done.rows == {1} and not done.by_video_id
+    inputs = [{"video_id": "v7", "video_path": "/a.mp4"}] * 2 + [
+        {"video_id": "v8", "video_path": "/b.mp4"}
+    ]
+    work = select_work(inputs, start=0, done=done)
+    assert [item.index for item in work] == [0, 2]
+    assert all(item.error is None for item in work)

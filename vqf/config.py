@@ -197,6 +197,7 @@ class EngineConfig:
     gpus: int = 0
     clip_batch: int = 8
     writer_flush_rows: int = 16
+    writer_flush_s: float = 1.0  # a group of rows is written once its first has waited this long
     # threads given up on (stuck in C code past a deadline) before the rank drains its writer
     # and exits with code 75 for its launcher to restart it cleanly
     max_stuck_threads: int = 8

@@ -8,9 +8,11 @@ per call (a dict lookup) and parses the text only when it changed. When an entry
 - `abort`: SIGABRT through abort(3) (a native crash in a decoder or the CUDA driver);
 - `hang`: blocks for VQF_FAULT_HANG_S seconds (default: a day), or until `release_hangs()`;
 - `oom`: raises torch's OutOfMemoryError;
-- `raise`: raises `InjectedFault` (an ordinary exception).
+- `raise`: raises `InjectedFault` (an ordinary exception);
+- `full`: raises OSError ENOSPC, as a full disk does.
 
-Stages are the ones a video passes through: fetch, probe, detect, decode, model, write. The
+Stages are the ones a video passes through: fetch, probe, detect, decode, model, write; and
+`sink`, where the writer thread writes a group of rows holding the video to the output. The
 hook lives beside `errors.py` because every stage calls it, storage included. A video id that
 holds a comma cannot be named (commas separate entries); one that holds a colon can.
 """
@@ -24,8 +26,8 @@ from dataclasses import dataclass
 
 from vqf.errors import ConfigError
 
-STAGES = ("fetch", "probe", "detect", "decode", "model", "write")
-KINDS = ("kill", "abort", "hang", "oom", "raise")
+STAGES = ("fetch", "probe", "detect", "decode", "model", "write", "sink")
+KINDS = ("kill", "abort", "hang", "oom", "raise", "full")
 ENV = "VQF_FAULT"
 HANG_ENV = "VQF_FAULT_HANG_S"
 HANG_DEFAULT_S = 86400.0
@@ -111,6 +113,10 @@ def _inject(fault: Fault, video_id: str) -> None:
         os.abort()
     elif fault.kind == "hang":
         _released.wait(_hang_seconds())
+    elif fault.kind == "full":
+        import errno
+
+        raise OSError(errno.ENOSPC, f"No space left on device ({what})")
     elif fault.kind == "oom":
         import torch
 

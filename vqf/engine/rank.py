@@ -109,6 +109,7 @@ class Rank:
         writer = Writer(
             sink,
             flush_rows=self.recipe.engine.writer_flush_rows,
+            flush_s=self.recipe.engine.writer_flush_s,
             stats=self.stats,
             on_written=journal.leave_many,
         )
@@ -145,10 +146,7 @@ class Rank:
             if self.ctx.exports is not None:
                 self.ctx.exports.close()
             left = self._settle(journal, finished=finished)
-            if not writing.aborted.is_set():
-                put(writer.inbox, END, alive=lambda: not writing.aborted.is_set())
-                writing.wait(writer)
-            writer.dead.set()
+            writer.drain(writing)
         failed = writing.error
         try:
             sink.close()

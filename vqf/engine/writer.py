@@ -16,6 +16,7 @@ import queue
 import threading
 from typing import Any
 
+from vqf.engine.flow import END, put
 from vqf.engine.runtime import Stage, Worker
 from vqf.errors import Stage as ErrorStage
 
@@ -74,9 +75,20 @@ class Writer(Stage):
                 self._counts.wait(0.2)
             return self._written >= want
 
+    def drain(self, runtime) -> None:
+        """Writes what is queued, then ends; the sink stays open for its owner."""
+        if not runtime.aborted.is_set():
+            put(self.inbox, END, alive=lambda: not runtime.aborted.is_set())
+            runtime.wait(self)
+        self.dead.set()
+
     def process(self, worker: Worker, items: list) -> None:
+        from vqf.faults import fault_point
+
         records = [record for record, _ in items]
         ids = ",".join(str(r.get("video_id", "")) for r in records)
+        for record in records:
+            fault_point("sink", str(record.get("video_id", "")))
         with self.stats.stage("write", items=len(records), label=ids):
             self.sink.write(records)
         self.stats.add("rows_written", len(records))
