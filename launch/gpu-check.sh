@@ -15,4 +15,4 @@ export PYTHONUNBUFFERED=1 NO_PROXY=127.0.0.1,localhost no_proxy=127.0.0.1,localh
 if [ -z "${PYTHON:-}" ]; then
   if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi
-exec "$PYTHON" -m vqf.ops.gpu_check "$@"
+exec "$PYTHON" -m vqf.bench.gpu_check "$@"

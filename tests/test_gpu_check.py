@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from vqf.ops.gpu_check import SECTIONS, SMOKE, run_section
-from vqf.ops.gpu_check.modes import LOG
-from vqf.ops.gpu_check.report import figures, render_markdown
+from vqf.bench.gpu_check import SECTIONS, SMOKE, run_section
+from vqf.bench.gpu_check.modes import LOG
+from vqf.bench.gpu_check.report import figures, render_markdown
 
 ROOT = Path(__file__).parent.parent
 
@@ -25,7 +25,7 @@ def smoke(tmp_path_factory):
     out, work = root / "out", root / "work"
     env = dict(os.environ, PYTHONPATH=str(ROOT), VQF_LOG="WARNING")
     done = subprocess.run(
-        [sys.executable, "-m", "vqf.ops.gpu_check", "--smoke", "--out", str(out),
+        [sys.executable, "-m", "vqf.bench.gpu_check", "--smoke", "--out", str(out),
          "--work", str(work)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=180,
     )  # fmt: skip

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from vqf.ops.floors import VideoLoad, clip_flops, compute_floors, nvdec_engines, tokens_per_clip
-from vqf.ops.profile import format_report
-from vqf.ops.trace import bottleneck, chrome_trace, queue_waits, stage_rows
+from vqf.bench.floors import VideoLoad, clip_flops, compute_floors, nvdec_engines, tokens_per_clip
+from vqf.bench.profile import format_report
+from vqf.bench.trace import bottleneck, chrome_trace, queue_waits, stage_rows
 
 H100 = "NVIDIA H100 80GB HBM3"
 
@@ -206,7 +206,7 @@ def sample(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def test_profile_runs_the_pipeline_and_writes_trace_and_summary(sample, device, capsys):
-    from vqf.ops.profile import main
+    from vqf.bench.profile import main
 
     recipe, folder = sample
     out = folder / f"prof-{device}"
@@ -248,7 +248,7 @@ def test_profile_runs_the_pipeline_and_writes_trace_and_summary(sample, device, 
 
 
 def test_profile_refuses_zero_videos(sample, capsys):
-    from vqf.ops.profile import main
+    from vqf.bench.profile import main
 
     recipe, folder = sample
     assert main([str(recipe), "--videos", "0", "--out", str(folder / "p0")]) == 2

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from vqf.ops.gpu_check.modes import LOG, REPORT, RESULTS
-from vqf.ops.gpu_check.runner import write_json
+from vqf.bench.gpu_check.context import write_json
+from vqf.bench.gpu_check.modes import LOG, REPORT, RESULTS
 
 
 # -- figures: the numbers the issue asks for, in one place ------------------------------------
@@ -206,7 +206,7 @@ def _md_backbone(r: dict[str, Any], report) -> list[str]:
     lines = [
         f"{r.get('model')} on {r.get('device')}, random weights: clips {r.get('clips')}, "
         f"{r.get('tokens_per_clip')} tokens and {_n(r.get('tflop_per_clip'), '.3g')} TFLOP "
-        "per clip (vqf.ops.floors.clip_flops); the median of the timed calls (CUDA events on "
+        "per clip (vqf.bench.floors.clip_flops); the median of the timed calls (CUDA events on "
         "a GPU, the wall clock on a CPU).",
         "",
         "| dtype | ms per call (min, max) | clips/s | TFLOP/s | matmul TFLOP/s | of matmul | finite |",

@@ -10,19 +10,20 @@ and `gpu-check.json` under `--out`: a run cut off still leaves what it measured.
 - nvdec: decode fps through the video plane with 1, 2, 4, 8 and 14 NVDEC sessions in flight
   (a thread and a VideoPlane each, as decode lanes run), NVML decoder utilisation alongside
 - backbone: V-JEPA 2 ViT-L (random weights) on (N, 48, 3, 256, 256) clips: TFLOP/s per dtype
-  (FLOPs by vqf.ops.floors), next to a dense matrix product's rate on the same GPU
+  (FLOPs by vqf.bench.floors), next to a dense matrix product's rate on the same GPU
 - profile: `vqf profile pipelines/stage2.yaml` with random large weights: videos/s, GPU and
   NVDEC utilisation, the floors of DESIGN.md section 8
-- baseline: the seed's design (vqf.ops.baseline, what `--baseline` runs) on the same rows,
+- baseline: the seed's design (vqf.bench.baseline, what `--baseline` runs) on the same rows,
   side by side with the profile; and the share of the binding floor vqf reached
 
 `--smoke` runs the same code on a CPU with tiny sizes in about a minute.
 
-Modules: `modes` (sizes and limits), `runner` (child processes, budget, the command line),
+Modules: `modes` (sizes and limits), `context` (what a section gets, the JSON files),
+`runner` (child processes, budget, the command line),
 `sections` (env, videos, pytest), `measure` (nvdec, backbone, profile, baseline), `report`.
 """
 
-from vqf.ops.gpu_check.modes import GPU, SECTIONS, SMOKE, Mode
-from vqf.ops.gpu_check.runner import main, run_check, run_section
+from vqf.bench.gpu_check.modes import GPU, SECTIONS, SMOKE, Mode
+from vqf.bench.gpu_check.runner import main, run_check, run_section
 
 __all__ = ["GPU", "SECTIONS", "SMOKE", "Mode", "main", "run_check", "run_section"]

@@ -13,15 +13,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from vqf.ops.gpu_check.modes import STAGE2
-from vqf.ops.gpu_check.runner import Section
-from vqf.ops.gpu_check.sections import video_of
-from vqf.ops.profile import GpuSampler as Readings  # NVML readings while a block runs
+from vqf.bench.gpu_check.context import Section
+from vqf.bench.gpu_check.modes import STAGE2
+from vqf.bench.gpu_check.sections import video_of
+from vqf.bench.profile import GpuSampler as Readings  # NVML readings while a block runs
 
 
 # -- nvdec -------------------------------------------------------------------------------------
 def section_nvdec(s: Section) -> dict[str, Any]:
-    from vqf.ops.floors import NVDEC_FPS_1080P_H264, nvdec_engines
+    from vqf.bench.floors import NVDEC_FPS_1080P_H264, nvdec_engines
 
     video = video_of(s)
     recipe = check_recipe(s, [f"decode.route={s.mode.route}"])
@@ -107,8 +107,8 @@ def decode_sessions(recipe, path: Path, *, sessions: int, videos_each: int) -> d
 def section_backbone(s: Section) -> dict[str, Any]:
     import torch
 
+    from vqf.bench.floors import clip_flops, tokens_per_clip
     from vqf.models.backbone import Backbone, random_backbone_model, resolve_dtype
-    from vqf.ops.floors import clip_flops, tokens_per_clip
 
     m = s.mode
     model = random_backbone_model(
@@ -197,7 +197,7 @@ def matmul_tflops(dtype, *, side: int, device: str) -> float:
 
 # -- profile and the seed's design on the same rows ---------------------------------------------
 def section_profile(s: Section) -> dict[str, Any]:
-    from vqf.ops.profile import format_report, profile
+    from vqf.bench.profile import format_report, profile
 
     video = video_of(s)
     table, rows = profile_table(s, video)
@@ -229,9 +229,9 @@ def section_profile(s: Section) -> dict[str, Any]:
 
 
 def section_baseline(s: Section) -> dict[str, Any]:
-    """What `vqf profile --baseline` runs (vqf.ops.baseline.run_baseline) on the profile's
+    """What `vqf profile --baseline` runs (vqf.bench.baseline.run_baseline) on the profile's
     first rows, with the GPU read while it scores (its model loading left out)."""
-    from vqf.ops.baseline import run_baseline
+    from vqf.bench.baseline import run_baseline
     from vqf.schema import parse_input_row
 
     table, rows = profile_table(s, video_of(s))
@@ -284,7 +284,7 @@ def recipe_device(recipe) -> str:
 
 def reference_floors(result: dict[str, Any], video: dict[str, Any]) -> dict[str, Any]:
     """Section 8's floors of an H200 by the datasheet for these videos (when not on a GPU)."""
-    from vqf.ops.floors import VideoLoad, compute_floors
+    from vqf.bench.floors import VideoLoad, compute_floors
 
     w = result["workload"]
     load = VideoLoad(

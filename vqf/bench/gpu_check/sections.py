@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vqf.ops.gpu_check.modes import ROOT
-from vqf.ops.gpu_check.runner import Section
+from vqf.bench.gpu_check.context import Section
+from vqf.bench.gpu_check.modes import ROOT
 
 
 # -- env ---------------------------------------------------------------------------------------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import subprocess
@@ -14,7 +13,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from vqf.ops.gpu_check.modes import GPU, LOG, REPORT, RESULTS, ROOT, SECTIONS, SMOKE, Mode
+from vqf.bench.gpu_check.context import Section, read_json
+from vqf.bench.gpu_check.modes import GPU, LOG, REPORT, ROOT, SECTIONS, SMOKE, Mode
 
 MIN_SECTION_S = 10.0  # a section with less time than this left is skipped, not started
 
@@ -23,7 +23,7 @@ def run_check(
     *, mode: Mode, out: Path, work: Path, sections: tuple[str, ...] = SECTIONS
 ) -> dict[str, Any]:
     """Runs `sections` in order under the mode's budget; returns the final report dict."""
-    from vqf.ops.gpu_check.report import figures, write_report
+    from vqf.bench.gpu_check.report import figures, write_report
 
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
@@ -60,7 +60,7 @@ def run_section(name: str, *, mode: Mode, out: Path, work: Path, limit: float) -
     Returns its status, seconds and what it saved (partial when it was cut off)."""
     saved = work / f"section-{name}.json"
     saved.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "vqf.ops.gpu_check", "--section", name, "--out", str(out),
+    cmd = [sys.executable, "-m", "vqf.bench.gpu_check", "--section", name, "--out", str(out),
            "--work", str(work), "--limit", f"{limit:.0f}", "--mode", mode.name]  # fmt: skip
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
@@ -87,35 +87,9 @@ def run_section(name: str, *, mode: Mode, out: Path, work: Path, limit: float) -
     return entry
 
 
-class Section:
-    """What a section's code gets: the mode, folders, earlier results, and `save` for partial
-    results (a section cut off at its limit leaves what it saved)."""
-
-    def __init__(self, name: str, *, mode: Mode, out: Path, work: Path, limit: float):
-        self.name, self.mode, self.out, self.work, self.limit = name, mode, out, work, limit
-        self.started = time.monotonic()
-        self.result: dict[str, Any] = {}
-        self.prior = read_json(out / RESULTS).get("sections", {})
-
-    def left(self) -> float:
-        return self.limit - (time.monotonic() - self.started)
-
-    def earlier(self, name: str) -> dict[str, Any]:
-        """The result another section left in this run's report ({} when none)."""
-        return (self.prior.get(name) or {}).get("result") or {}
-
-    def save(self, result: dict[str, Any] | None = None, *, error: str | None = None) -> None:
-        if result is not None:
-            self.result = result
-        data: dict[str, Any] = {"result": self.result}
-        if error:
-            data["error"] = error
-        write_json(self.work / f"section-{self.name}.json", data)
-
-
 def _child(args: argparse.Namespace) -> int:
-    from vqf.ops.gpu_check.measure import MEASURES
-    from vqf.ops.gpu_check.sections import CHECKS
+    from vqf.bench.gpu_check.measure import MEASURES
+    from vqf.bench.gpu_check.sections import CHECKS
 
     mode = {m.name: m for m in (GPU, SMOKE)}[args.mode]
     section = Section(
@@ -129,19 +103,6 @@ def _child(args: argparse.Namespace) -> int:
         print(text, file=sys.stderr)
         section.save(error=text[-2000:])
         return 1
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    tmp.replace(path)
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:

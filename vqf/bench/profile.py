@@ -17,10 +17,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from vqf.config import Recipe
-from vqf.ops.dashboard import gpu_reading
-from vqf.ops.floors import VideoLoad, compute_floors, video_load
-from vqf.ops.trace import (
+from vqf.bench.floors import VideoLoad, compute_floors, video_load
+from vqf.bench.trace import (
     StageRow,
     bottleneck,
     chrome_trace,
@@ -29,6 +27,8 @@ from vqf.ops.trace import (
     wall_seconds,
     write_json,
 )
+from vqf.config import Recipe
+from vqf.ops.dashboard import gpu_reading
 
 
 # -- GPU sampling ------------------------------------------------------------------------------
@@ -164,7 +164,7 @@ def profile(
         )
         result["floors"] = {**asdict(floors), "binding": floors.binding}
     if baseline:
-        from vqf.ops.baseline import run_baseline
+        from vqf.bench.baseline import run_baseline
 
         base = run_baseline(sample, rows=[row for row, _ in rank.keep_prepared], device=device)
         result["baseline"] = {
@@ -326,9 +326,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def cmd_profile(args: argparse.Namespace) -> int:
     """`vqf profile RECIPE ...`: runs the sample, prints the report."""
-    from vqf.cli import load_from_args
+    from vqf.recipe_args import recipe_from_args
 
-    recipe = load_from_args(args)
+    recipe = recipe_from_args(args)
     result = profile(
         recipe,
         videos=args.videos,
@@ -342,12 +342,13 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m vqf.ops.profile RECIPE ...`, the same as `vqf profile`."""
-    from vqf.cli import _recipe_args, configure_logging
+    """`python -m vqf.bench.profile RECIPE ...`, the same as `vqf profile`."""
     from vqf.errors import VqfError
+    from vqf.logs import configure_logging
+    from vqf.recipe_args import add_recipe_arguments
 
     parser = argparse.ArgumentParser(prog="vqf profile", description=__doc__.splitlines()[0])
-    _recipe_args(parser)
+    add_recipe_arguments(parser)
     add_arguments(parser)
     args = parser.parse_args(argv)
     configure_logging()
