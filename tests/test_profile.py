@@ -243,7 +243,12 @@ def test_profile_runs_the_pipeline_and_writes_trace_and_summary(sample, device, 
     }
     assert f"precision: backbone {dtype} (finite), rov_backbone {dtype} (finite)" in report
     assert summary["baseline"]["succeeded"] == 2 and summary["baseline"]["speedup"] > 0
+    assert summary["baseline"]["finished_s"] == sorted(summary["baseline"]["finished_s"])
+    assert len(summary["baseline"]["finished_s"]) == 2
     assert "baseline (the seed's design" in report
+    # on CUDA the model stage waits for the GPU after each backbone call: said at the figure
+    assert summary["synchronised"] is (device == "cuda")
+    assert ("a lower bound: profiling waits for the GPU" in report) is (device == "cuda")
     assert format_report(summary) == report.rstrip("\n")
 
 

@@ -41,7 +41,8 @@ def section_nvdec(s: Section) -> dict[str, Any]:
 
 def decode_sessions(recipe, path: Path, *, sessions: int, videos_each: int) -> dict[str, Any]:
     """`sessions` threads with a VideoPlane each, as decode lanes are, all decoding at once;
-    the clock runs from when every pipeline is built to when the last one is done."""
+    the clock and the NVML readings run from when every pipeline is built and has decoded its
+    first chunk to when the last lane is done (lane set-up is left out of both)."""
     from vqf.video import VideoPlane
 
     device = recipe_device(recipe)
@@ -77,8 +78,8 @@ def decode_sessions(recipe, path: Path, *, sessions: int, videos_each: int) -> d
     threads = [threading.Thread(target=lane, name=f"vqf-check-lane-{i}") for i in range(sessions)]
     for t in threads:
         t.start()
-    with Readings(device) as readings:
-        ready.wait()
+    ready.wait()  # every lane has built its pipeline and decoded its first chunk
+    with Readings(device, every_s=0.1) as readings:  # so NVML reads the timed decode alone
         started = time.perf_counter()
         for t in threads:
             t.join()
@@ -212,6 +213,8 @@ def section_profile(s: Section) -> dict[str, Any]:
     return {
         "recipe": "pipelines/stage2.yaml (random large weights)",
         "device": result["device"],
+        "precision": result["precision"],  # the dtype each backbone ran in
+        "synchronised": result.get("synchronised", False),
         "videos": len(rows),
         "succeeded": result["succeeded"],
         "failures": result["failures"],
@@ -238,8 +241,21 @@ def section_baseline(s: Section) -> dict[str, Any]:
     recipe = check_recipe(s, [f"tables={table}"])
     device = recipe_device(recipe)
     chosen = [parse_input_row(r) for r in rows[: s.mode.baseline_videos]]
+
+    def on_video(partial: dict[str, Any]) -> None:  # saved after each video: a cut-off keeps it
+        since = time.monotonic() - partial["seconds"]  # the GPU while it scores, not loading
+        s.save({**partial, "device": device, "gpu": readings.summary(since=since)})
+        print(f"baseline: saved after {partial['done']} of {partial['videos']} videos "
+              f"({partial['seconds']:.1f} s)", flush=True)  # fmt: skip
+
     with Readings(device, every_s=0.25) as readings:
-        base = run_baseline(recipe, rows=chosen, device=device, workers=s.mode.baseline_workers)
+        base = run_baseline(
+            recipe,
+            rows=chosen,
+            device=device,
+            workers=s.mode.baseline_workers,
+            on_video=on_video,
+        )
     return {**base, "device": device, "gpu": readings.summary(last_s=base["seconds"])}
 
 
