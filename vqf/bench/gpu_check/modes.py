@@ -49,7 +49,7 @@ class Mode:
 
 # 390 s in all, so that with the machine's start (1-2 min), the wheels' transfer and their
 # install the check fits 10 minutes (README, "GPU check", which gives each section's estimate
-# on an H100: about 4 minutes in all). A limit is what a section may take, not what it is
+# on an H100: about 4.5 minutes in all). A limit is what a section may take, not what it is
 # expected to take; time a section leaves unused goes to gpu_tests, last, which gets the rest
 # (at least 35 s). The seed's design resizes every clip's 1080p frames on the CPU, about 45
 # core-seconds per 10 s video, so it runs 4 videos on 4 workers; vqf runs 16 with the recipe's
