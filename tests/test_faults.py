@@ -358,8 +358,8 @@ def test_out_of_memory_splits_the_batch_and_every_video_gets_its_row(
 
 @pytest.mark.slow
 def test_soak_of_2000_videos_keeps_memory_and_descriptors_flat(capsys):
-    """The soak command (vqf/ops/soak.py): every row written, the cache empty at the end."""
-    from vqf.ops import soak
+    """The soak command (vqf/bench/soak.py): every row written, the cache empty at the end."""
+    from vqf.bench import soak
 
     assert soak.main(["--n", "2000"]) == 0
     printed = capsys.readouterr().out

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from vqf.ops.gpu_check import SECTIONS, SMOKE, run_section
-from vqf.ops.gpu_check.modes import LOG
-from vqf.ops.gpu_check.report import figures, render_markdown
+from vqf.bench.gpu_check import SECTIONS, SMOKE, run_section
+from vqf.bench.gpu_check.modes import LOG
+from vqf.bench.gpu_check.report import figures, measured_floors, render_markdown
 
 ROOT = Path(__file__).parent.parent
 
@@ -25,9 +25,9 @@ def smoke(tmp_path_factory):
     out, work = root / "out", root / "work"
     env = dict(os.environ, PYTHONPATH=str(ROOT), VQF_LOG="WARNING")
     done = subprocess.run(
-        [sys.executable, "-m", "vqf.ops.gpu_check", "--smoke", "--out", str(out),
+        [sys.executable, "-m", "vqf.bench.gpu_check", "--smoke", "--out", str(out),
          "--work", str(work)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=180,
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=480,
     )  # fmt: skip
     return done, out
 
@@ -46,14 +46,19 @@ def test_smoke_run_reports_every_section_with_numbers(smoke):
 
     assert r["env"]["torch"] and r["env"]["device_used"] == "cpu"
     assert not r["env"]["dali"].startswith("n/a") and "libnvcuvid" in r["env"]
+    assert r["env"]["nvdec_one_frame"] == "not tried: no CUDA device"
 
     video = r["videos"]
     assert (video["codec"], video["width"], video["height"]) == ("h264", 64, 48)
     assert video["frames"] == round(SMOKE.seconds * SMOKE.fps) and video["b_frames"] is True
 
-    tests = r["pytest"]
-    assert tests["tests"] >= 15 and tests["skipped"] == tests["tests"]  # no CUDA: all skip
-    assert tests["failures"] == tests["errors"] == 0
+    paths, rest = r["gpu_paths"], r["gpu_tests"]
+    assert paths["tests"] >= 15 and paths["skipped"] == paths["tests"]  # no CUDA: all skip
+    assert "tests/test_gpu_paths.py" in paths["command"]
+    assert rest["tests"] >= 1 and rest["skipped"] == rest["tests"]
+    assert "--ignore=tests/test_gpu_paths.py" in rest["command"]
+    for tests in (paths, rest):
+        assert tests["failures"] == tests["errors"] == 0
 
     rows = r["nvdec"]["rows"]
     assert [row["sessions"] for row in rows] == list(SMOKE.sessions)
@@ -78,13 +83,24 @@ def test_smoke_run_reports_every_section_with_numbers(smoke):
     assert json.loads((out / "profile.json").read_text())["succeeded"] == SMOKE.videos
     assert base["succeeded"] == base["videos"] == SMOKE.baseline_videos
     assert base["videos_per_s"] > 0 and base["workers"] == SMOKE.baseline_workers
+    assert len(base["finished_s"]) == SMOKE.baseline_videos
+    # saved after each video, so a baseline cut off at its limit keeps the videos it finished
+    for n in range(1, SMOKE.baseline_videos + 1):
+        assert f"baseline: saved after {n} of {SMOKE.baseline_videos} videos" in log
 
     f = report["figures"]
-    assert f["pytest"]["skipped"] == tests["tests"]
+    assert f["pytest"]["skipped"] == paths["tests"] + rest["tests"]
+    assert f["gpu_paths"]["tests"] == paths["tests"]
     assert set(f["nvdec_fps_by_sessions"]) == {str(n) for n in SMOKE.sessions}
     assert f["vqf_videos_per_s"] == profile["videos_per_s"]
     assert f["speedup"] == pytest.approx(profile["videos_per_s"] / base["videos_per_s"])
     assert f["floor_datasheet"]["reached"] > 0 and f["floor_measured"]["reached"] > 0
+    # the model floor takes the rate of the dtype the profile ran in (fp32 on the CPU)
+    assert profile["precision"]["backbone"]["dtype"] == "fp32"
+    assert f["floor_measured"]["model_dtype"] == "float32"
+    model_rate = backbone["dtypes"]["float32"]["tflop_per_s"]
+    tflop = profile["workload"]["tflop_per_video"]
+    assert f["floor_measured"]["model"] == pytest.approx(model_rate / tflop)
 
 
 def test_smoke_report_reads_as_markdown(smoke):
@@ -95,6 +111,38 @@ def test_smoke_report_reads_as_markdown(smoke):
     assert "(no result)" not in text and "missing" not in text
     assert "| videos/s |" in text and "vqf profile: stage2 on cpu" in text
     assert "| seed baseline |" in text
+
+
+def test_only_reruns_the_named_sections_and_keeps_the_others_results(smoke, tmp_path):
+    """The second call of a check: `--only` with the same work folder reruns those sections
+    and the report still holds every section, the others from the first call."""
+    _, first_out = smoke
+    first = json.loads((first_out / "gpu-check.json").read_text())
+    out = tmp_path / "again"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), VQF_LOG="WARNING")
+    done = subprocess.run(
+        [sys.executable, "-m", "vqf.bench.gpu_check", "--smoke", "--only", "videos",
+         "--out", str(out), "--work", first["work"]],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((out / "gpu-check.json").read_text())
+    assert report["only"] == ["videos"] and list(report["sections"]) == list(SECTIONS)
+    again = report["sections"]["videos"]
+    assert again["status"] == "ok" and "earlier" not in again
+    assert again["result"]["path"] == first["sections"]["videos"]["result"]["path"]
+    for name in SECTIONS:
+        if name != "videos":
+            assert report["sections"][name]["earlier"] == first["started"], name
+            assert report["sections"][name]["result"] == first["sections"][name]["result"]
+    assert report["figures"]["speedup"] == first["figures"]["speedup"]
+    text = (out / "gpu-check.md").read_text()
+    assert "## videos: ok\n" in text and f"## profile: ok (earlier: {first['started']})" in text
+    bad = subprocess.run(
+        [sys.executable, "-m", "vqf.bench.gpu_check", "--smoke", "--only", "videos,nvdc"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "unknown sections ['nvdc']" in bad.stdout
 
 
 def test_a_section_past_its_limit_is_recorded_and_the_report_still_renders(tmp_path):
@@ -113,3 +161,24 @@ def test_a_section_past_its_limit_is_recorded_and_the_report_still_renders(tmp_p
     assert "## backbone: timed out" in text and "## profile: skipped" in text
     assert "- videos/s: vqf missing, seed baseline missing, speedup missing" in text
     assert "- floor (measured here): missing" in text and "- V-JEPA 2 TFLOP/s: missing" in text
+
+
+def test_the_measured_model_floor_takes_the_rate_of_the_profiles_dtype():
+    """On Hopper `auto` runs the backbones in bf16: the model floor must use the bf16 rate,
+    not fp16's, and say nothing rather than borrow another dtype's rate."""
+    backbone = {"dtypes": {"float16": {"tflop_per_s": 600.0}, "bfloat16": {"tflop_per_s": 450.0}}}
+    profile = {
+        "videos_per_s": 3.0,
+        "workload": {"frames_decoded_per_video": 300, "tflop_per_video": 60.0},
+        "precision": {
+            "backbone": {"dtype": "bf16", "finite": True},
+            "rov_backbone": {"dtype": "bf16", "finite": True},
+        },
+    }
+    nvdec = [{"decode_fps": 4500.0}, {"decode_fps": 3000.0}]
+    floor = measured_floors(profile, nvdec, backbone)
+    assert floor["model_dtype"] == "bfloat16" and floor["model"] == pytest.approx(450 / 60)
+    assert floor["decode"] == pytest.approx(4500 / 300) and floor["binding"] == "model"
+    assert floor["reached"] == pytest.approx(3.0 / (450 / 60))
+    fp32 = {**profile, "precision": {"backbone": {"dtype": "fp32", "finite": True}}}
+    assert "model" not in measured_floors(fp32, nvdec, backbone)

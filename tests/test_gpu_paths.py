@@ -233,8 +233,10 @@ def test_nvdec_sessions_in_flight_give_each_video_its_frames_alone(video_factory
 @pytest.mark.gpu
 def test_one_rank_run_of_several_videos_scores_each_as_alone(video_factory, tmp_path):
     """The whole rank on CUDA: four videos with four decode lanes in flight, against the same
-    videos one at a time through one lane. FP16 models batch other clips alongside, so scores
-    agree within 0.02; the frame filters' measures agree as closely."""
+    videos one at a time through one lane. The models are pinned to fp32 (`auto` would be
+    bf16, whose 8-bit mantissa moves scores by a few hundredths when other clips share a
+    batch): what is left is kernels chosen by batch size (TF32 in cuDNN's patch convolution),
+    so scores agree within 0.01; the frame filters' measures, from the same frames, as closely."""
     from vqf.config import load_recipe
     from vqf.engine.rank import Rank
 
@@ -251,6 +253,7 @@ def test_one_rank_run_of_several_videos_scores_each_as_alone(video_factory, tmp_
         recipe = load_recipe(DEMO, overrides=[
             f"tables={table}", f"outputs={out}", "demo.generate=false", "engine.device=cuda",
             "filters.abnormal_region.enable=false", f"decode.pipelines={lanes}",
+            "models.backbone.dtype=fp32", "models.rov_backbone.dtype=fp32",
         ])  # fmt: skip
         Rank(recipe, rank=0, world_size=1, device="cuda:0").run()
         runs[lanes] = rows_of(out)
@@ -262,7 +265,7 @@ def test_one_rank_run_of_several_videos_scores_each_as_alone(video_factory, tmp_
         assert a.keys() == b.keys()
         for key, value in a.items():
             if isinstance(value, float):
-                assert value == pytest.approx(b[key], abs=0.02), (vid, key)
+                assert value == pytest.approx(b[key], abs=0.01), (vid, key)
             else:
                 assert value == b[key], (vid, key)
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from vqf.bench.profile import _precision as precision_of
+from vqf.bench.profile import _precision_line
 from vqf.config import ModelConfig, Recipe, build
 from vqf.errors import ConfigError, ErrorType, Stage, VideoError
 from vqf.filters import load_models
 from vqf.models.backbone import dtype_name, has_bf16, resolve_dtype
 from vqf.models.bank import ModelBank
-from vqf.ops.profile import _precision as precision_of
-from vqf.ops.profile import _precision_line
 
 from .test_models import clips, tiny_recipe
 

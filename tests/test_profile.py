@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from vqf.ops.floors import VideoLoad, clip_flops, compute_floors, nvdec_engines, tokens_per_clip
-from vqf.ops.profile import format_report
-from vqf.ops.trace import bottleneck, chrome_trace, queue_waits, stage_rows
+from vqf.bench.floors import VideoLoad, clip_flops, compute_floors, nvdec_engines, tokens_per_clip
+from vqf.bench.profile import format_report
+from vqf.bench.trace import bottleneck, chrome_trace, queue_waits, stage_rows
 
 H100 = "NVIDIA H100 80GB HBM3"
 
@@ -206,7 +206,7 @@ def sample(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def test_profile_runs_the_pipeline_and_writes_trace_and_summary(sample, device, capsys):
-    from vqf.ops.profile import main
+    from vqf.bench.profile import main
 
     recipe, folder = sample
     out = folder / f"prof-{device}"
@@ -243,12 +243,17 @@ def test_profile_runs_the_pipeline_and_writes_trace_and_summary(sample, device, 
     }
     assert f"precision: backbone {dtype} (finite), rov_backbone {dtype} (finite)" in report
     assert summary["baseline"]["succeeded"] == 2 and summary["baseline"]["speedup"] > 0
+    assert summary["baseline"]["finished_s"] == sorted(summary["baseline"]["finished_s"])
+    assert len(summary["baseline"]["finished_s"]) == 2
     assert "baseline (the seed's design" in report
+    # on CUDA the model stage waits for the GPU after each backbone call: said at the figure
+    assert summary["synchronised"] is (device == "cuda")
+    assert ("a lower bound: profiling waits for the GPU" in report) is (device == "cuda")
     assert format_report(summary) == report.rstrip("\n")
 
 
 def test_profile_refuses_zero_videos(sample, capsys):
-    from vqf.ops.profile import main
+    from vqf.bench.profile import main
 
     recipe, folder = sample
     assert main([str(recipe), "--videos", "0", "--out", str(folder / "p0")]) == 2

@@ -164,7 +164,7 @@ def test_decode_runs_while_the_models_work(tmp_path, video_factory, monkeypatch)
     recipe, out = lean(tmp_path, videos, "decode.chunk_frames=4")
     rank, _ = run_rank(recipe)
     assert all(r["result_info"]["succeed"] == "true" for r in rows_of(out).values())
-    from vqf.ops.trace import overlap_seconds
+    from vqf.bench.trace import overlap_seconds
 
     both = overlap_seconds(rank.stats.spans, "decode", "model")
     assert both > 0.05, both

@@ -9,20 +9,21 @@ import os
 import sys
 from pathlib import Path
 
-from vqf.config import SEED_FLAGS, Recipe, load_recipe, seed_flag_overrides, write_resolved
+from vqf.config import Recipe, load_recipe, write_resolved
 from vqf.errors import ConfigError, OutputFailed, Stopped, StuckThreads, TableError, VqfError
 from vqf.logs import configure_logging
+from vqf.recipe_args import add_recipe_arguments, recipe_from_args
 
 log = logging.getLogger("vqf")
 
 
 # commands with their own argument parsers: everything after the name goes to them
 PASSTHROUGH = {
-    "bench-video": "vqf.video.bench",
-    "bench-engine": "vqf.ops.bench_engine",
+    "bench-video": "vqf.bench.video",
+    "bench-engine": "vqf.bench.engine",
     "report": "vqf.ops.report",
-    "soak": "vqf.ops.soak",
-    "gpu-check": "vqf.ops.gpu_check",
+    "soak": "vqf.bench.soak",
+    "gpu-check": "vqf.bench.gpu_check",
 }
 
 
@@ -71,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a recipe over a table of videos")
-    _recipe_args(run)
+    add_recipe_arguments(run)
     run.add_argument(
         "--gpus",
         type=int,
@@ -86,15 +87,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(func=cmd_run)
 
-    from vqf.ops.profile import add_arguments as profile_arguments
+    from vqf.bench.profile import add_arguments as profile_arguments
 
     prof = sub.add_parser(
         "profile", help="run a sample; time per stage, the bottleneck, the floors"
     )
-    _recipe_args(prof)
+    add_recipe_arguments(prof)
     profile_arguments(prof)
     prof.set_defaults(
-        func=lambda a: __import__("vqf.ops.profile", fromlist=["cmd_profile"]).cmd_profile(a)
+        func=lambda a: __import__("vqf.bench.profile", fromlist=["cmd_profile"]).cmd_profile(a)
     )
 
     probe = sub.add_parser("probe", help="print a video's metadata and sampling plan")
@@ -163,34 +164,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _recipe_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("recipe", help="a YAML recipe, e.g. pipelines/demo.yaml")
-    for flag in SEED_FLAGS:
-        p.add_argument(f"--{flag}", default=None, metavar="VALUE")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override any recipe key, e.g. --set engine.clip_batch=4 (repeatable)",
-    )
-
-
-def load_from_args(args: argparse.Namespace) -> Recipe:
-    flags = {flag: getattr(args, flag) for flag in SEED_FLAGS}
-    recipe = load_recipe(args.recipe, overrides=[*seed_flag_overrides(flags), *args.overrides])
-    from vqf.filters import FILTERS
-
-    for name in recipe.filters:
-        FILTERS.get(name)  # an unknown filter name is a ConfigError listing the known ones
-    if not recipe.tables or not recipe.outputs:
-        raise ConfigError(
-            "the recipe names no input or output table", hint="pass --tables URI --outputs URI"
-        )
-    return recipe
-
-
 def resolved_config_path(recipe: Recipe) -> Path:
     """Next to the outputs when they are local, else under runs/."""
     if "://" in recipe.outputs:
@@ -199,7 +172,7 @@ def resolved_config_path(recipe: Recipe) -> Path:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    recipe = load_from_args(args)
+    recipe = recipe_from_args(args)
     from vqf.faults import active_faults
 
     active_faults()  # a bad VQF_FAULT stops the run here, before any video

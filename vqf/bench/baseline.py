@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import logging
 import queue
+import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -131,9 +133,16 @@ def score_video(path: Path, *, recipe: Recipe, models: SeedModels, device: str) 
 
 
 def run_baseline(
-    recipe: Recipe, *, rows: list, device: str, workers: int | None = None
+    recipe: Recipe,
+    *,
+    rows: list,
+    device: str,
+    workers: int | None = None,
+    on_video: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Fetches and scores `rows` (InputRow) the seed's way; returns videos/s (loading not counted)."""
+    """Fetches and scores `rows` (InputRow) the seed's way; returns videos/s (loading not
+    counted). `on_video`, when given, gets the summary so far after each video, so a caller
+    cut off at a time limit still has the videos that finished."""
     from vqf.storage import Fetcher
 
     workers = max(1, workers or recipe.decode.workers)
@@ -141,29 +150,43 @@ def run_baseline(
     pool: queue.Queue[SeedModels] = queue.Queue()
     for _ in range(workers):
         pool.put(SeedModels(recipe, device=device))
+    lock = threading.Lock()
+    finished: list[float] = []  # seconds from the start at which each video ended
+    succeeded = 0
+    started = time.perf_counter()
+
+    def summary(seconds: float, *, done: int) -> dict[str, Any]:
+        return {
+            "design": DESIGN,
+            "videos": len(rows),
+            "done": done,
+            "succeeded": succeeded,
+            "workers": workers,
+            "seconds": seconds,
+            "videos_per_s": succeeded / seconds if seconds > 0 else 0.0,
+            "finished_s": list(finished),
+        }
 
     def one(row) -> bool:
+        nonlocal succeeded
         models = pool.get()
+        ok = False
         try:
             with fetcher.fetch(row) as fetched:
                 score_video(fetched.path, recipe=recipe, models=models, device=device)
-            return True
+            ok = True
         except Exception as e:  # a bad video costs the baseline its result, like the seed
             log.info("baseline: %s failed: %s", row.video_id, e)
-            return False
         finally:
             pool.put(models)
+        with lock:
+            finished.append(time.perf_counter() - started)
+            succeeded += ok
+            partial = summary(finished[-1], done=len(finished))
+            if on_video is not None:  # under the lock: saves arrive in order
+                on_video(partial)
+        return ok
 
-    started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="seed-worker") as ex:
-        outcomes = list(ex.map(one, rows))
-    seconds = time.perf_counter() - started
-    ok = sum(outcomes)
-    return {
-        "design": DESIGN,
-        "videos": len(rows),
-        "succeeded": ok,
-        "workers": workers,
-        "seconds": seconds,
-        "videos_per_s": ok / seconds if seconds > 0 else 0.0,
-    }
+        list(ex.map(one, rows))
+    return summary(time.perf_counter() - started, done=len(rows))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import subprocess
@@ -14,44 +13,70 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from vqf.ops.gpu_check.modes import GPU, LOG, REPORT, RESULTS, ROOT, SECTIONS, SMOKE, Mode
+from vqf.bench.gpu_check.context import Section, read_json, write_json
+from vqf.bench.gpu_check.modes import GPU, LOG, REPORT, RESULTS, ROOT, SECTIONS, SMOKE, Mode
 
 MIN_SECTION_S = 10.0  # a section with less time than this left is skipped, not started
 
 
 def run_check(
-    *, mode: Mode, out: Path, work: Path, sections: tuple[str, ...] = SECTIONS
+    *,
+    mode: Mode,
+    out: Path,
+    work: Path,
+    only: tuple[str, ...] | None = None,
+    budget_s: float | None = None,
 ) -> dict[str, Any]:
-    """Runs `sections` in order under the mode's budget; returns the final report dict."""
-    from vqf.ops.gpu_check.report import figures, write_report
+    """Runs the sections (`only` these, when given) in order under the budget; returns the
+    final report dict. The report lists every section: one not run now keeps what an earlier
+    run with the same `work` folder left (marked `earlier`), so a second call with `only`
+    completes the first one's report."""
+    from vqf.bench.gpu_check.report import figures, write_report
 
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
+    chosen = [name for name in SECTIONS if only is None or name in only]
+    before = read_json(work / RESULTS) if only is not None else {}
+    kept = before.get("sections", {}) if before.get("mode") == mode.name else {}
+    budget = mode.budget_s if budget_s is None else budget_s
     report: dict[str, Any] = {
         "mode": mode.name,
         "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
-        "budget_s": mode.budget_s,
+        "budget_s": budget,
+        "only": chosen if only is not None else None,
         "out": str(out),
         "work": str(work),
-        "sections": {name: {"status": "pending"} for name in sections},
+        "sections": {},
         "figures": {},
     }
+    for name in SECTIONS:
+        if name in chosen:
+            report["sections"][name] = {"status": "pending"}
+        elif name in kept and kept[name].get("status") not in ("pending", "running", "not run"):
+            report["sections"][name] = {"earlier": before.get("started"), **kept[name]}
+        else:
+            report["sections"][name] = {"status": "not run"}
+
+    def save() -> None:
+        report["figures"] = figures(report)
+        write_report(report, out)
+        write_json(work / RESULTS, report)  # for a later call with --only
+
     (out / LOG).write_text("")
-    write_report(report, out)
-    deadline = time.monotonic() + mode.budget_s
-    for name in sections:
+    save()
+    deadline = time.monotonic() + budget
+    for name in chosen:
         left = deadline - time.monotonic()
         limit = min(mode.limits.get(name, left), left)
         if limit < MIN_SECTION_S:
             report["sections"][name] = {"status": "skipped", "error": f"{left:.0f} s left"}
         else:
             report["sections"][name] = {"status": "running", "limit_s": round(limit)}
-            write_report(report, out)
+            save()
             report["sections"][name] = run_section(name, mode=mode, out=out, work=work, limit=limit)
-        report["figures"] = figures(report)
-        write_report(report, out)
+        save()
     report["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %z")
-    write_report(report, out)
+    save()
     return report
 
 
@@ -60,7 +85,7 @@ def run_section(name: str, *, mode: Mode, out: Path, work: Path, limit: float) -
     Returns its status, seconds and what it saved (partial when it was cut off)."""
     saved = work / f"section-{name}.json"
     saved.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "vqf.ops.gpu_check", "--section", name, "--out", str(out),
+    cmd = [sys.executable, "-m", "vqf.bench.gpu_check", "--section", name, "--out", str(out),
            "--work", str(work), "--limit", f"{limit:.0f}", "--mode", mode.name]  # fmt: skip
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
@@ -87,35 +112,9 @@ def run_section(name: str, *, mode: Mode, out: Path, work: Path, limit: float) -
     return entry
 
 
-class Section:
-    """What a section's code gets: the mode, folders, earlier results, and `save` for partial
-    results (a section cut off at its limit leaves what it saved)."""
-
-    def __init__(self, name: str, *, mode: Mode, out: Path, work: Path, limit: float):
-        self.name, self.mode, self.out, self.work, self.limit = name, mode, out, work, limit
-        self.started = time.monotonic()
-        self.result: dict[str, Any] = {}
-        self.prior = read_json(out / RESULTS).get("sections", {})
-
-    def left(self) -> float:
-        return self.limit - (time.monotonic() - self.started)
-
-    def earlier(self, name: str) -> dict[str, Any]:
-        """The result another section left in this run's report ({} when none)."""
-        return (self.prior.get(name) or {}).get("result") or {}
-
-    def save(self, result: dict[str, Any] | None = None, *, error: str | None = None) -> None:
-        if result is not None:
-            self.result = result
-        data: dict[str, Any] = {"result": self.result}
-        if error:
-            data["error"] = error
-        write_json(self.work / f"section-{self.name}.json", data)
-
-
 def _child(args: argparse.Namespace) -> int:
-    from vqf.ops.gpu_check.measure import MEASURES
-    from vqf.ops.gpu_check.sections import CHECKS
+    from vqf.bench.gpu_check.measure import MEASURES
+    from vqf.bench.gpu_check.sections import CHECKS
 
     mode = {m.name: m for m in (GPU, SMOKE)}[args.mode]
     section = Section(
@@ -131,19 +130,6 @@ def _child(args: argparse.Namespace) -> int:
         return 1
 
 
-def read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    tmp.replace(path)
-
-
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="vqf gpu-check",
@@ -153,10 +139,23 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU (about a minute)")
     p.add_argument("--out", default="runs/gpu-check", help="where the report goes")
     p.add_argument(
-        "--work", default=None, help="scratch folder (videos, profile); default under $TMPDIR"
+        "--work",
+        default=None,
+        help="scratch folder (videos, profile, the report for --only); default under $TMPDIR",
     )
     p.add_argument(
-        "--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}"
+        "--only",
+        default=None,
+        metavar="SECTION,...",
+        help=f"run these sections only, keeping the others' results from the last run with "
+        f"the same --work; sections: {', '.join(SECTIONS)}",
+    )
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        metavar="S",
+        help="seconds for the whole check (default: the mode's, 390 on a GPU)",
     )
     p.add_argument("--section", default=None, choices=SECTIONS, help=argparse.SUPPRESS)
     p.add_argument("--mode", default="gpu", choices=["gpu", "smoke"], help=argparse.SUPPRESS)
@@ -165,18 +164,24 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`vqf gpu-check [--smoke] [--out DIR]`: exit status 0 when every section passed."""
+    """`vqf gpu-check [--smoke] [--only S,...] [--out DIR]`: exit status 0 when every section
+    run this time passed."""
     args = _parse(argv)
     if args.section:
         return _child(args)
     mode = SMOKE if args.smoke else GPU
-    chosen = tuple(s.strip() for s in args.sections.split(",") if s.strip())
-    unknown = [s for s in chosen if s not in SECTIONS]
-    if unknown:
-        print(f"vqf gpu-check: unknown sections {unknown}; allowed: {', '.join(SECTIONS)}")
-        return 2
+    only = None
+    if args.only is not None:
+        only = tuple(s.strip() for s in args.only.split(",") if s.strip())
+        unknown = [s for s in only if s not in SECTIONS]
+        if unknown or not only:
+            print(f"vqf gpu-check: unknown sections {unknown}; allowed: {', '.join(SECTIONS)}")
+            return 2
     work = Path(args.work or Path(tempfile.gettempdir()) / f"vqf-gpu-check-{mode.name}")
     out = Path(args.out).resolve()
-    report = run_check(mode=mode, out=out, work=work.resolve(), sections=chosen)
+    report = run_check(mode=mode, out=out, work=work.resolve(), only=only, budget_s=args.budget)
     print((out / REPORT).read_text())
-    return 0 if all(e["status"] == "ok" for e in report["sections"].values()) else 1
+    ran = [
+        e for e in report["sections"].values() if "earlier" not in e and e["status"] != "not run"
+    ]
+    return 0 if all(e["status"] == "ok" for e in ran) else 1

@@ -13,15 +13,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from vqf.ops.gpu_check.modes import STAGE2
-from vqf.ops.gpu_check.runner import Section
-from vqf.ops.gpu_check.sections import video_of
-from vqf.ops.profile import GpuSampler as Readings  # NVML readings while a block runs
+from vqf.bench.gpu_check.context import Section
+from vqf.bench.gpu_check.modes import STAGE2
+from vqf.bench.gpu_check.sections import video_of
+from vqf.bench.profile import GpuSampler as Readings  # NVML readings while a block runs
 
 
 # -- nvdec -------------------------------------------------------------------------------------
 def section_nvdec(s: Section) -> dict[str, Any]:
-    from vqf.ops.floors import NVDEC_FPS_1080P_H264, nvdec_engines
+    from vqf.bench.floors import NVDEC_FPS_1080P_H264, nvdec_engines
 
     video = video_of(s)
     recipe = check_recipe(s, [f"decode.route={s.mode.route}"])
@@ -41,7 +41,8 @@ def section_nvdec(s: Section) -> dict[str, Any]:
 
 def decode_sessions(recipe, path: Path, *, sessions: int, videos_each: int) -> dict[str, Any]:
     """`sessions` threads with a VideoPlane each, as decode lanes are, all decoding at once;
-    the clock runs from when every pipeline is built to when the last one is done."""
+    the clock and the NVML readings run from when every pipeline is built and has decoded its
+    first chunk to when the last lane is done (lane set-up is left out of both)."""
     from vqf.video import VideoPlane
 
     device = recipe_device(recipe)
@@ -77,8 +78,8 @@ def decode_sessions(recipe, path: Path, *, sessions: int, videos_each: int) -> d
     threads = [threading.Thread(target=lane, name=f"vqf-check-lane-{i}") for i in range(sessions)]
     for t in threads:
         t.start()
-    with Readings(device) as readings:
-        ready.wait()
+    ready.wait()  # every lane has built its pipeline and decoded its first chunk
+    with Readings(device, every_s=0.1) as readings:  # so NVML reads the timed decode alone
         started = time.perf_counter()
         for t in threads:
             t.join()
@@ -107,8 +108,8 @@ def decode_sessions(recipe, path: Path, *, sessions: int, videos_each: int) -> d
 def section_backbone(s: Section) -> dict[str, Any]:
     import torch
 
+    from vqf.bench.floors import clip_flops, tokens_per_clip
     from vqf.models.backbone import Backbone, random_backbone_model, resolve_dtype
-    from vqf.ops.floors import clip_flops, tokens_per_clip
 
     m = s.mode
     model = random_backbone_model(
@@ -197,7 +198,7 @@ def matmul_tflops(dtype, *, side: int, device: str) -> float:
 
 # -- profile and the seed's design on the same rows ---------------------------------------------
 def section_profile(s: Section) -> dict[str, Any]:
-    from vqf.ops.profile import format_report, profile
+    from vqf.bench.profile import format_report, profile
 
     video = video_of(s)
     table, rows = profile_table(s, video)
@@ -212,6 +213,8 @@ def section_profile(s: Section) -> dict[str, Any]:
     return {
         "recipe": "pipelines/stage2.yaml (random large weights)",
         "device": result["device"],
+        "precision": result["precision"],  # the dtype each backbone ran in
+        "synchronised": result.get("synchronised", False),
         "videos": len(rows),
         "succeeded": result["succeeded"],
         "failures": result["failures"],
@@ -229,17 +232,30 @@ def section_profile(s: Section) -> dict[str, Any]:
 
 
 def section_baseline(s: Section) -> dict[str, Any]:
-    """What `vqf profile --baseline` runs (vqf.ops.baseline.run_baseline) on the profile's
+    """What `vqf profile --baseline` runs (vqf.bench.baseline.run_baseline) on the profile's
     first rows, with the GPU read while it scores (its model loading left out)."""
-    from vqf.ops.baseline import run_baseline
+    from vqf.bench.baseline import run_baseline
     from vqf.schema import parse_input_row
 
     table, rows = profile_table(s, video_of(s))
     recipe = check_recipe(s, [f"tables={table}"])
     device = recipe_device(recipe)
     chosen = [parse_input_row(r) for r in rows[: s.mode.baseline_videos]]
+
+    def on_video(partial: dict[str, Any]) -> None:  # saved after each video: a cut-off keeps it
+        since = time.monotonic() - partial["seconds"]  # the GPU while it scores, not loading
+        s.save({**partial, "device": device, "gpu": readings.summary(since=since)})
+        print(f"baseline: saved after {partial['done']} of {partial['videos']} videos "
+              f"({partial['seconds']:.1f} s)", flush=True)  # fmt: skip
+
     with Readings(device, every_s=0.25) as readings:
-        base = run_baseline(recipe, rows=chosen, device=device, workers=s.mode.baseline_workers)
+        base = run_baseline(
+            recipe,
+            rows=chosen,
+            device=device,
+            workers=s.mode.baseline_workers,
+            on_video=on_video,
+        )
     return {**base, "device": device, "gpu": readings.summary(last_s=base["seconds"])}
 
 
@@ -284,7 +300,7 @@ def recipe_device(recipe) -> str:
 
 def reference_floors(result: dict[str, Any], video: dict[str, Any]) -> dict[str, Any]:
     """Section 8's floors of an H200 by the datasheet for these videos (when not on a GPU)."""
-    from vqf.ops.floors import VideoLoad, compute_floors
+    from vqf.bench.floors import VideoLoad, compute_floors
 
     w = result["workload"]
     load = VideoLoad(

@@ -1,4 +1,5 @@
-"""The check's first sections: the environment, the generated video, `pytest -m gpu`."""
+"""The check's sections that are not measurements: the environment, the generated video and
+`pytest -m gpu` (tests/test_gpu_paths.py first, on its own; the rest last)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vqf.ops.gpu_check.modes import ROOT
-from vqf.ops.gpu_check.runner import Section
+from vqf.bench.gpu_check.context import Section
+from vqf.bench.gpu_check.modes import PATHS_TESTS, ROOT
 
 
 # -- env ---------------------------------------------------------------------------------------
@@ -27,9 +28,13 @@ def section_env(s: Section) -> dict[str, Any]:
     }
     info.update(_nvidia_smi())
     info.update(_torch_info(s.mode.device))
+    info["libnvcuvid"] = _libnvcuvid()
+    s.save(info)
     for label, module in (("dali", "nvidia.dali"), ("pyav", "av")):
         info[label] = _module_version(module)  # imported: that they load is the point
     info["dali_wheel"] = _dali_wheel()
+    info["nvdec_one_frame"] = _nvdec_one_frame(info)
+    s.save(info)
     for label, dist in (("ultralytics", "ultralytics"), ("transformers", "transformers"),
                         ("pynvml", "nvidia-ml-py")):  # fmt: skip
         info[label] = _dist_version(dist)
@@ -39,8 +44,21 @@ def section_env(s: Section) -> dict[str, Any]:
         info["ffmpeg_libavcodec"] = ".".join(map(str, av.library_versions["libavcodec"]))
     except Exception as e:
         info["ffmpeg_libavcodec"] = f"n/a ({type(e).__name__})"
-    info["libnvcuvid"] = _libnvcuvid()
     return info
+
+
+def _nvdec_one_frame(info: dict[str, Any]) -> str:
+    """`vqf doctor`'s check: one frame of a generated H.264 clip decoded by DALI on NVDEC."""
+    if not info.get("cuda_available"):
+        return "not tried: no CUDA device"
+    if str(info.get("dali", "n/a")).startswith("n/a"):
+        return "not tried: DALI does not import"
+    from vqf.ops.doctor import nvdec_one_frame
+
+    try:
+        return nvdec_one_frame(0)
+    except Exception as e:
+        return f"failed: {type(e).__name__}: {str(e)[:300]}"
 
 
 def _nvidia_smi() -> dict[str, Any]:
@@ -229,16 +247,29 @@ def video_of(s: Section) -> dict[str, Any]:
 OUTCOME = re.compile(r"^(\S+::\S+) (PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPASS)")
 
 
-def section_pytest(s: Section) -> dict[str, Any]:
+def section_gpu_paths(s: Section) -> dict[str, Any]:
+    """tests/test_gpu_paths.py alone: NVDEC frames against the CPU route's, no device-to-host
+    copy of frames, bf16/fp16 tokens against fp32."""
+    return run_pytest(s, [PATHS_TESTS], label="gpu-paths")
+
+
+def section_gpu_tests(s: Section) -> dict[str, Any]:
+    """The rest of `pytest -m gpu`: every other test file the mode names."""
+    return run_pytest(s, [*s.mode.tests, f"--ignore={PATHS_TESTS}"], label="gpu-tests")
+
+
+def run_pytest(s: Section, targets: list[str], *, label: str) -> dict[str, Any]:
+    """`pytest -m gpu TARGETS` (VQF_REQUIRE_GPU=1 on a GPU): counts and failures from its
+    JUnit XML, or from its verbose lines when it ran past the section's limit."""
     import importlib.util
 
-    junit, log = s.work / "pytest.xml", s.work / "pytest.log"
+    junit, log = s.work / f"{label}.xml", s.work / f"{label}.log"
     junit.unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", "-m", "gpu", "-rfE",
            "--durations=5", "--continue-on-collection-errors", f"--junitxml={junit}",
-           *s.mode.tests]  # fmt: skip
+           *targets]  # fmt: skip
     if importlib.util.find_spec("pytest_timeout"):
-        cmd.append("--timeout=90")
+        cmd.append("--timeout=60")
     env = dict(os.environ)
     env.pop("VQF_REQUIRE_GPU", None)
     if s.mode.require_gpu:
@@ -248,7 +279,7 @@ def section_pytest(s: Section) -> dict[str, Any]:
     with log.open("w") as f:
         try:
             code = subprocess.run(
-                cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT, timeout=s.left() - 8
+                cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT, timeout=s.left() - 5
             ).returncode
         except subprocess.TimeoutExpired:
             code = None
@@ -257,7 +288,7 @@ def section_pytest(s: Section) -> dict[str, Any]:
     result.update(exit_code=code, tail=text.splitlines()[-30:])
     if junit.exists():
         result.update(junit_counts(junit))
-        shutil.copyfile(junit, s.out / "pytest-junit.xml")
+        shutil.copyfile(junit, s.out / f"{label}-junit.xml")
     else:  # cut off: what the verbose lines say so far
         result.update(line_counts(text), error="pytest ran past the section's limit")
     return result
@@ -295,4 +326,9 @@ def line_counts(text: str) -> dict[str, Any]:
     }
 
 
-CHECKS = {"env": section_env, "videos": section_videos, "pytest": section_pytest}
+CHECKS = {
+    "env": section_env,
+    "videos": section_videos,
+    "gpu_paths": section_gpu_paths,
+    "gpu_tests": section_gpu_tests,
+}

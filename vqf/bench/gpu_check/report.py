@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from vqf.ops.gpu_check.modes import LOG, REPORT, RESULTS
-from vqf.ops.gpu_check.runner import write_json
+from vqf.bench.gpu_check.context import write_json
+from vqf.bench.gpu_check.modes import LOG, PATHS_TESTS, REPORT, RESULTS
 
 
 # -- figures: the numbers the issue asks for, in one place ------------------------------------
@@ -17,9 +17,14 @@ def figures(report: dict[str, Any]) -> dict[str, Any]:
         return (report["sections"].get(name) or {}).get("result") or {}
 
     out: dict[str, Any] = {}
-    tests = result("pytest")
-    if "tests" in tests:
-        out["pytest"] = {k: tests[k] for k in ("tests", "passed", "failures", "errors", "skipped")}
+    keys = ("tests", "passed", "failures", "errors", "skipped")
+    for name in ("gpu_paths", "gpu_tests"):
+        tests = result(name)
+        if "tests" in tests:
+            out[name] = {k: tests[k] for k in keys}
+    if "gpu_paths" in out or "gpu_tests" in out:  # all of `pytest -m gpu` that ran
+        parts = [out[n] for n in ("gpu_paths", "gpu_tests") if n in out]
+        out["pytest"] = {k: sum(p[k] for p in parts) for k in keys}
     rows = [r for r in result("nvdec").get("rows", []) if r.get("decode_fps")]
     if rows:
         out["nvdec_fps_by_sessions"] = {r["sessions"]: round(r["decode_fps"]) for r in rows}
@@ -31,6 +36,7 @@ def figures(report: dict[str, Any]) -> dict[str, Any]:
     p, base = result("profile"), result("baseline")
     if "videos_per_s" in p:
         out["vqf_videos_per_s"] = p["videos_per_s"]
+        out["vqf_synchronised"] = bool(p.get("synchronised"))
         floors = p.get("floors") or p.get("reference_floors")
         if floors and floors.get("binding"):
             name, vps = floors["binding"]
@@ -45,22 +51,24 @@ def figures(report: dict[str, Any]) -> dict[str, Any]:
             out["floor_measured"] = measured
     if base.get("videos_per_s"):
         out["baseline_videos_per_s"] = base["videos_per_s"]
+        out["baseline_videos"] = f"{base.get('done', base.get('videos'))} of {base.get('videos')}"
         if "vqf_videos_per_s" in out:
             out["speedup"] = out["vqf_videos_per_s"] / base["videos_per_s"]
     return out
 
 
 def measured_floors(profile, nvdec_rows, backbone) -> dict[str, Any] | None:
-    """Section 8's floors from this machine's own rates: the best NVDEC fps over the span each
-    video needs decoded, and the backbone's TFLOP/s (in the dtype the profile ran: FP16 on
-    CUDA by `auto`) over the FLOPs of a video's clips."""
+    """Section 8's floors from this machine's own rates: the best NVDEC fps over the frames
+    each video needs decoded, and the backbone's TFLOP/s in the dtype the profile's backbones
+    ran in (bf16 on Hopper by `auto`, fp32 on a CPU) over the FLOPs of a video's clips. No
+    model floor when that dtype was not measured: another dtype's rate is not this run's."""
     w = profile["workload"]
-    floors: dict[str, float] = {}
+    floors: dict[str, Any] = {}
     if nvdec_rows and w["frames_decoded_per_video"]:
         floors["decode"] = max(r["decode_fps"] for r in nvdec_rows) / w["frames_decoded_per_video"]
     rates = {k: v["tflop_per_s"] for k, v in backbone.get("dtypes", {}).items()}
-    on_gpu = str(profile.get("device", "")).startswith("cuda")
-    rate = rates.get("float16" if on_gpu else "float32") or max(rates.values(), default=None)
+    dtype = profile_dtype(profile)
+    rate = rates.get(dtype) if dtype else None
     if rate and w["tflop_per_video"] > 0:
         floors["model"] = rate / w["tflop_per_video"]
     if not floors:
@@ -68,10 +76,20 @@ def measured_floors(profile, nvdec_rows, backbone) -> dict[str, Any] | None:
     name, vps = min(floors.items(), key=lambda kv: kv[1])
     return {
         **floors,
+        "model_dtype": dtype,
         "binding": name,
         "videos_per_s": vps,
         "reached": profile["videos_per_s"] / vps,
     }
+
+
+DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+def profile_dtype(profile: dict[str, Any]) -> str | None:
+    """The torch dtype name the profile's backbones ran in (None: none, or several)."""
+    found = {DTYPES.get(p["dtype"], p["dtype"]) for p in (profile.get("precision") or {}).values()}
+    return found.pop() if len(found) == 1 else None
 
 
 # -- markdown ----------------------------------------------------------------------------------
@@ -93,14 +111,20 @@ def render_markdown(report: dict[str, Any]) -> str:
         "| section | status | seconds | limit s |",
         "| --- | --- | --- | --- |",
     ]
+    if report.get("only"):
+        lines[4:4] = [
+            f"This call ran {', '.join(report['only'])}; a section marked `earlier` is from the "
+            "run that started at the time it names (same work folder).",
+            "",
+        ]
     for name, entry in report["sections"].items():
         lines.append(
-            f"| {name} | {entry['status']} | {_n(entry.get('seconds'), '.0f')} "
+            f"| {name} | {_status(entry)} | {_n(entry.get('seconds'), '.0f')} "
             f"| {_n(entry.get('limit_s'), '.0f')} |"
         )
     lines += ["", *_figures_md(report.get("figures") or {})]
     for name, entry in report["sections"].items():
-        lines += ["", f"## {name}: {entry['status']}", ""]
+        lines += ["", f"## {name}: {_status(entry)}", ""]
         if entry.get("error"):
             lines += ["```", entry["error"].strip()[-1500:], "```", ""]
         result = entry.get("result")
@@ -108,15 +132,21 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _status(entry: dict[str, Any]) -> str:
+    earlier = entry.get("earlier")
+    return entry["status"] + (f" (earlier: {earlier})" if earlier else "")
+
+
 def _figures_md(f: dict[str, Any]) -> list[str]:
     lines = ["## Figures", ""]
-    t = f.get("pytest")
-    lines.append(
-        f"- pytest -m gpu: {t['passed']} passed, {t['failures']} failed, {t['errors']} errors, "
-        f"{t['skipped']} skipped of {t['tests']}"
-        if t
-        else "- pytest -m gpu: missing"
-    )
+    for key, label in (("pytest", "pytest -m gpu, all that ran"), ("gpu_paths", PATHS_TESTS)):
+        t = f.get(key)
+        lines.append(
+            f"- {label}: {t['passed']} passed, {t['failures']} failed, {t['errors']} errors, "
+            f"{t['skipped']} skipped of {t['tests']}"
+            if t
+            else f"- {label}: missing"
+        )
     by = f.get("nvdec_fps_by_sessions")
     lines.append(
         "- NVDEC decode fps by sessions in flight: "
@@ -138,8 +168,11 @@ def _figures_md(f: dict[str, Any]) -> list[str]:
     if not dtypes:
         lines.append("- V-JEPA 2 TFLOP/s: missing")
     lines.append(
-        f"- videos/s: vqf {_get(f, 'vqf_videos_per_s', '.3f')}, seed baseline "
-        f"{_get(f, 'baseline_videos_per_s', '.3f')}, speedup {_get(f, 'speedup', '.2f')}"
+        f"- videos/s: vqf {_get(f, 'vqf_videos_per_s', '.3f')}"
+        + (SYNC if f.get("vqf_synchronised") else "")
+        + f", seed baseline {_get(f, 'baseline_videos_per_s', '.3f')}"
+        + (f" ({f['baseline_videos']} videos)" if "baseline_videos" in f else "")
+        + f", speedup {_get(f, 'speedup', '.2f')}"
     )
     for key, label in (("floor_datasheet", "datasheet"), ("floor_measured", "measured here")):
         floor = f.get(key)
@@ -147,10 +180,14 @@ def _figures_md(f: dict[str, Any]) -> list[str]:
             f"- floor ({label}): {floor['binding']} binds at {floor['videos_per_s']:.3g} "
             f"videos/s; vqf reached {floor['reached']:.1%}"
             + (f" ({floor['source']})" if floor.get("source") else "")
+            + (f" (model rate: {floor['model_dtype']})" if floor.get("model_dtype") else "")
             if floor
             else f"- floor ({label}): missing"
         )
     return lines
+
+
+SYNC = " (a lower bound: profiling waits for the GPU after each backbone call)"
 
 
 def _md_env(r: dict[str, Any], report) -> list[str]:
@@ -184,7 +221,8 @@ def _md_nvdec(r: dict[str, Any], report) -> list[str]:
     lines = [
         f"Video `{r.get('video')}`, decode.route={r.get('route_asked')}; NVDEC floor of this GPU "
         f"{_n(r.get('floor_fps'), '.0f')} fps (its engines x 771 fps of 1080p H.264). Frames "
-        "decoded count each chunk's run from its keyframe; planned are the frames the clips read.",
+        "decoded count each chunk's run from its keyframe; planned are the frames the clips read. "
+        "Time and NVML readings start once every lane has built its pipeline.",
         "",
         "| sessions | videos | route | frames decoded | planned | s | decode fps | planned fps "
         "| videos/s | NVDEC % mean / max | GPU % mean | errors |",
@@ -206,7 +244,7 @@ def _md_backbone(r: dict[str, Any], report) -> list[str]:
     lines = [
         f"{r.get('model')} on {r.get('device')}, random weights: clips {r.get('clips')}, "
         f"{r.get('tokens_per_clip')} tokens and {_n(r.get('tflop_per_clip'), '.3g')} TFLOP "
-        "per clip (vqf.ops.floors.clip_flops); the median of the timed calls (CUDA events on "
+        "per clip (vqf.bench.floors.clip_flops); the median of the timed calls (CUDA events on "
         "a GPU, the wall clock on a CPU).",
         "",
         "| dtype | ms per call (min, max) | clips/s | TFLOP/s | matmul TFLOP/s | of matmul | finite |",
@@ -238,7 +276,16 @@ def _md_profile(r: dict[str, Any], report) -> list[str]:
         "",
         "| | vqf | seed baseline |",
         "| --- | --- | --- |",
-        f"| videos/s | {_n(r.get('videos_per_s'), '.3f')} | {_n(b.get('videos_per_s'), '.3f')} |",
+        f"| videos/s | {_n(r.get('videos_per_s'), '.3f')}"
+        + (
+            " (a lower bound: synchronised after each backbone call)"
+            if r.get("synchronised")
+            else ""
+        )
+        + f" | {_n(b.get('videos_per_s'), '.3f')} |",
+        f"| videos | {r.get('succeeded')} of {r.get('videos')} "
+        f"| {b.get('succeeded', 'n/a')} of {b.get('done', 'n/a')} done, {b.get('videos', 'n/a')} asked |",
+        f"| backbone dtype | {', '.join(sorted({p['dtype'] for p in (r.get('precision') or {}).values()})) or 'n/a'} | the same |",
         f"| seconds (loading left out) | {_n(r.get('processing_s'), '.1f')} "
         f"| {_n(b.get('seconds'), '.1f')} |",
         f"| GPU % mean / max while working | {util(busy, 'util')} | {util(b.get('gpu'), 'util')} |",
@@ -267,17 +314,21 @@ def _md_profile(r: dict[str, Any], report) -> list[str]:
 
 
 def _md_baseline(r: dict[str, Any], report) -> list[str]:
+    done = r.get("done", r.get("videos"))
+    ends = ", ".join(f"{t:.1f}" for t in r.get("finished_s", []))
     return [
-        f"{r.get('design')}: {r.get('succeeded')} of {r.get('videos')} videos on "
-        f"{r.get('workers')} workers ({r.get('device')}) in {_n(r.get('seconds'), '.1f')} s, "
-        f"{_n(r.get('videos_per_s'), '.3f')} videos/s (model loading left out)."
+        f"{r.get('design')}: {r.get('succeeded')} succeeded of {done} done ({r.get('videos')} "
+        f"asked) on {r.get('workers')} workers ({r.get('device')}) in "
+        f"{_n(r.get('seconds'), '.1f')} s, {_n(r.get('videos_per_s'), '.3f')} videos/s (model "
+        f"loading left out; saved after each video, videos ended at {ends or 'n/a'} s)."
     ]
 
 
 RENDER = {
     "env": _md_env,
     "videos": _md_videos,
-    "pytest": _md_pytest,
+    "gpu_paths": _md_pytest,
+    "gpu_tests": _md_pytest,
     "nvdec": _md_nvdec,
     "backbone": _md_backbone,
     "profile": _md_profile,
