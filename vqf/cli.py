@@ -1,4 +1,4 @@
-"""The `vqf` command: run, probe, doctor, list, models, bench-video, gpu-check."""
+"""The `vqf` command: run, score, dedup, probe, doctor, list, models, bench-video, gpu-check."""
 
 from __future__ import annotations
 
@@ -82,6 +82,23 @@ def _parser() -> argparse.ArgumentParser:
     profile_arguments(prof)
     prof.set_defaults(
         func=lambda a: __import__("vqf.ops.profile", fromlist=["cmd_profile"]).cmd_profile(a)
+    )
+
+    score = sub.add_parser(
+        "score", help="judge a few videos with the engine of `vqf run`; print a table"
+    )
+    score.add_argument("videos", nargs="+", metavar="VIDEO", help="a file, oss://... or URL")
+    score.add_argument(
+        "--recipe", default=None, help="recipe to judge with (default: the demo's weight-free "
+        "filters, plus learned filters whose checkpoint the demo recipe configures)",
+    )  # fmt: skip
+    score.add_argument("--json", action="store_true", help="print the output rows as JSON")
+    score.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a recipe key (repeatable)",
+    )  # fmt: skip
+    score.set_defaults(
+        func=lambda a: __import__("vqf.ops.score", fromlist=["cmd_score"]).cmd_score(a)
     )
 
     probe = sub.add_parser("probe", help="print a video's metadata and sampling plan")
