@@ -101,6 +101,16 @@ def _parser() -> argparse.ArgumentParser:
         func=lambda a: __import__("vqf.ops.score", fromlist=["cmd_score"]).cmd_score(a)
     )
 
+    from vqf.ops.dedup import add_arguments as dedup_arguments
+
+    dedup = sub.add_parser(
+        "dedup", help="near-duplicate videos of a run by the cosine of their embeddings"
+    )
+    dedup_arguments(dedup)
+    dedup.set_defaults(
+        func=lambda a: __import__("vqf.ops.dedup", fromlist=["cmd_dedup"]).cmd_dedup(a)
+    )
+
     probe = sub.add_parser("probe", help="print a video's metadata and sampling plan")
     probe.add_argument("target", help="a local file, oss://bucket/key or http(s) URL")
     probe.add_argument("--recipe", default=None, help="recipe whose sampling and storage to use")
@@ -110,8 +120,8 @@ def _parser() -> argparse.ArgumentParser:
     doctor.add_argument("--recipe", default=None, help="also check this recipe's storage roots")
     doctor.set_defaults(func=cmd_doctor)
 
-    lst = sub.add_parser("list", help="list registered filters, storage tiers or table formats")
-    lst.add_argument("what", choices=["filters", "tiers"])
+    lst = sub.add_parser("list", help="list registered filters, storage tiers or input kinds")
+    lst.add_argument("what", choices=["filters", "tiers", "inputs"])
     lst.add_argument("pattern", nargs="?", default="*")
     lst.set_defaults(func=cmd_list)
 
@@ -272,6 +282,12 @@ def cmd_list(args: argparse.Namespace) -> int:
 
         for entry in describe_filters():
             if entry["name"] in FILTERS.names(args.pattern):
+                print(json.dumps(entry))
+    elif args.what == "inputs":
+        from vqf.tables.videos import INPUTS, describe_inputs
+
+        for entry in describe_inputs():
+            if entry["name"] in INPUTS.names(args.pattern):
                 print(json.dumps(entry))
     else:
         from vqf.storage import TIERS

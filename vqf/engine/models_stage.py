@@ -21,6 +21,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
+from vqf.embeddings import Embeddings
 from vqf.engine.assemble import ClipPiece
 from vqf.engine.flow import END, put
 from vqf.errors import ErrorType, Stage, VideoError
@@ -68,6 +69,7 @@ class ModelStage:
         self._generation = 0
         self._current: list[ClipJob] | None = None
         self._busy_since: float | None = None
+        self.embeddings = Embeddings.of(engine.recipe)  # None unless sinks.embeddings.enable
 
     # -- input, from the decode lanes ---------------------------------------------------------
     def models_for(self, kind: str) -> list[str]:
@@ -255,6 +257,8 @@ class ModelStage:
             with self.stats.stage(f"backbone:{model_name}", items=len(owners)):
                 tokens = backbone.encode(clips)
                 self._sync(tokens)
+            if self.embeddings is not None:
+                self.embeddings.add(owners, tokens, model=model_name, stats=self.stats)
             self._count("clips_encoded", len(owners))
             heads = []
             for f in self.by_model[model_name]:

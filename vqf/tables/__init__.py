@@ -82,6 +82,15 @@ def open_sink(
     """
     check_rank(rank=rank, world_size=world_size)
     scheme, rest = _split(uri, hint=SINK_HINT)
+    if sinks is not None and sinks.embeddings.enable:
+        from vqf.embeddings import with_embeddings
+
+        if scheme != "file":
+            return with_embeddings(None, path=None, rank=rank)  # refuses: not a local folder
+        from vqf.tables.local import open_local_sink
+
+        sink = open_local_sink(uri, Path(rest), rank=rank, world_size=world_size, columns=columns)
+        return with_embeddings(sink, path=Path(rest), rank=rank)
     if scheme == "odps":
         from vqf.tables.odps_table import OdpsSink
 
