@@ -305,12 +305,12 @@ class OssPrefixSource:
             return
         import oss2
 
-        bucket = self._tier._bucket(self.bucket_name)
-        listing = oss2.ObjectIterator(
-            bucket, prefix=self.prefix, max_keys=OssPrefix.page_size, max_retries=3
-        )
         skipped = 0
         try:
+            bucket = self._tier._bucket(self.bucket_name)
+            listing = oss2.ObjectIterator(
+                bucket, prefix=self.prefix, max_keys=OssPrefix.page_size, max_retries=3
+            )
             for obj in listing:
                 if obj.key.endswith("/"):
                     continue
@@ -321,7 +321,7 @@ class OssPrefixSource:
         except oss2.exceptions.OssError as e:
             raise TableError(
                 f"cannot list {self.uri!r}: {getattr(e, 'code', '') or type(e).__name__} "
-                f"{getattr(e, 'message', '') or ''}".rstrip(),
+                f"{getattr(e, 'message', '') or getattr(e, 'details', '')}".rstrip(),
                 hint="check the bucket, the prefix and the credentials' list permission",
             ) from None
         self.skipped = skipped
