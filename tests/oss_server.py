@@ -68,6 +68,7 @@ class OssServer:
         self.objects: dict[tuple[str, str], StoredObject] = {}
         self.faults: list[Fault] = []
         self._log: list[tuple[str, str, dict[str, str]]] = []
+        self.listings: list[dict[str, str]] = []  # each list-objects page served: its query
         self._lock = threading.Lock()
         self.stopping = threading.Event()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
@@ -239,6 +240,10 @@ class _Handler(BaseHTTPRequestHandler):
         keys = sorted(k for (b, k) in self.oss.objects if b == bucket and k.startswith(prefix))
         keys = [k for k in keys if k > marker]
         page, truncated = keys[:max_keys], len(keys) > max_keys
+        with self.oss._lock:
+            self.oss.listings.append(
+                {"bucket": bucket, "prefix": prefix, "marker": marker, "keys": len(page)}
+            )
 
         def enc(text: str) -> str:
             return escape(quote(text) if url else text)

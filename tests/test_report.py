@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import html as html_module
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -159,13 +161,77 @@ def test_parquet_and_sharded_outputs_give_the_same_report(demo_outputs, tmp_path
         assert count(html, "dropped") == 5 and "<td>cuts.count_max</td><td>1</td>" in html
 
 
-@pytest.mark.skipif(not shutil.which("chromium"), reason="needs Debian's chromium package")
-def test_headless_chromium_screenshot(page, tmp_path):
+CHROMIUM_FLAGS = (
+    "--headless --no-sandbox --disable-gpu --no-first-run --disable-background-networking "
+    "--disable-component-update --disable-sync --window-size=1280,2000 "
+    "--enable-logging=stderr --v=0 --virtual-time-budget=5000"
+).split()
+
+# Runs in the browser once the page has loaded: what a reader sees, as JSON in the DOM dump.
+PROBE = """<script>
+window.addEventListener('load', () => {
+  const seen = {counts: {}, failures: [], dropped: {}, timelines: 0};
+  for (const cell of document.querySelectorAll('#counts .count')) {
+    seen.counts[cell.querySelector('span').innerText] = Number(cell.querySelector('b').innerText);
+  }
+  for (const tr of document.querySelectorAll('#failures tr')) {
+    seen.failures.push([...tr.children].map(c => c.innerText.trim()));
+  }
+  for (const h of document.querySelectorAll('h3')) {
+    if (!h.innerText.startsWith('dropped by')) continue;
+    seen.dropped[h.innerText] = [...h.nextElementSibling.querySelectorAll('.card')].map(c => {
+      const img = c.querySelector('img'), box = img ? img.getBoundingClientRect() : null;
+      return {video: c.children[1].innerText, width: img ? img.naturalWidth : 0,
+              height: img ? img.naturalHeight : 0, area: box ? box.width * box.height : 0};
+    });
+  }
+  seen.timelines = [...document.querySelectorAll('#transitions svg')]
+    .filter(s => s.getBoundingClientRect().width > 0).length;
+  document.body.setAttribute('data-seen', JSON.stringify(seen));
+});
+</script>"""
+
+
+def chromium(html: Path) -> tuple[str, list[str]]:
+    """(the DOM after load, the console messages) of `html` in headless Chromium."""
+    exe = shutil.which("chromium")
+    if exe is None:
+        message = "Debian's chromium is not installed (launch/test-deps.sh installs it)"
+        if os.environ.get("VQF_REQUIRE_FOOTAGE") == "1":
+            pytest.fail(f"VQF_REQUIRE_FOOTAGE=1 but {message}")
+        pytest.skip(message)
+    cmd = [exe, *CHROMIUM_FLAGS, "--dump-dom", html.as_uri()]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    assert "</html>" in done.stdout, done.stderr[-2000:]
+    console = [line for line in done.stderr.splitlines() if ":CONSOLE" in line]
+    return done.stdout, console
+
+
+def test_the_report_in_a_headless_browser(page, tmp_path):
+    # the console check can fail: a page that logs an error is caught
+    control = tmp_path / "control.html"
+    control.write_text("<html><body><script>console.error('broken')</script></body></html>")
+    assert any("broken" in line for line in chromium(control)[1])
+
     html = tmp_path / "report.html"
     html.write_text(page)
-    shot = tmp_path / "report.png"
-    flags = "--headless --no-sandbox --disable-gpu --no-first-run --disable-background-networking"
-    flags += " --disable-component-update --disable-sync --window-size=1280,2000"
-    cmd = ["chromium", *flags.split(), f"--screenshot={shot}", html.as_uri()]
-    subprocess.run(cmd, capture_output=True, timeout=120, check=False)
-    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+    _, console = chromium(html)
+    assert console == []  # no errors, no warnings, nothing logged by the page
+
+    probed = tmp_path / "probed.html"
+    probed.write_text(page.replace("</body>", PROBE + "</body>"))
+    dom, _ = chromium(probed)
+    found = re.search(r'data-seen="([^"]*)"', dom)
+    assert found, dom[:500]
+    seen = json.loads(html_module.unescape(found.group(1)))
+    assert {k: seen["counts"][k] for k in ("videos", "scored", "failed", "kept", "dropped")} == {
+        "videos": 7, "scored": 6, "failed": 1, "kept": 1, "dropped": 5
+    }  # fmt: skip
+    header, *failures = seen["failures"]
+    assert header[:2] == ["type", "videos"] and len(failures) == 1
+    assert failures[0][:3] == ["not_found", "1", "fetch"] and "gone.mp4 not found" in failures[0][3]
+    for defect, rule in DEFECT_IDS.items():  # a decoded, displayed strip per dropped video
+        strip = seen["dropped"][f"dropped by {rule.split('.')[0]}"]
+        card = next(c for c in strip if c["video"] == defect)
+        assert card["width"] > 0 and card["height"] > 0 and card["area"] > 0, (defect, card)
+    assert seen["timelines"] == 6  # one drawn timeline per scored video

@@ -1,4 +1,4 @@
-"""The `vqf` command: run, probe, doctor, list, models, bench-video, gpu-check."""
+"""The `vqf` command: run, score, dedup, probe, doctor, list, models, bench-video, gpu-check."""
 
 from __future__ import annotations
 
@@ -98,6 +98,33 @@ def _parser() -> argparse.ArgumentParser:
         func=lambda a: __import__("vqf.bench.profile", fromlist=["cmd_profile"]).cmd_profile(a)
     )
 
+    score = sub.add_parser(
+        "score", help="judge a few videos with the engine of `vqf run`; print a table"
+    )
+    score.add_argument("videos", nargs="+", metavar="VIDEO", help="a file, oss://... or URL")
+    score.add_argument(
+        "--recipe", default=None, help="recipe to judge with (default: the demo's weight-free "
+        "filters, plus learned filters whose checkpoint the demo recipe configures)",
+    )  # fmt: skip
+    score.add_argument("--json", action="store_true", help="print the output rows as JSON")
+    score.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a recipe key (repeatable)",
+    )  # fmt: skip
+    score.set_defaults(
+        func=lambda a: __import__("vqf.ops.score", fromlist=["cmd_score"]).cmd_score(a)
+    )
+
+    from vqf.ops.dedup import add_arguments as dedup_arguments
+
+    dedup = sub.add_parser(
+        "dedup", help="near-duplicate videos of a run by the cosine of their embeddings"
+    )
+    dedup_arguments(dedup)
+    dedup.set_defaults(
+        func=lambda a: __import__("vqf.ops.dedup", fromlist=["cmd_dedup"]).cmd_dedup(a)
+    )
+
     probe = sub.add_parser("probe", help="print a video's metadata and sampling plan")
     probe.add_argument("target", help="a local file, oss://bucket/key or http(s) URL")
     probe.add_argument("--recipe", default=None, help="recipe whose sampling and storage to use")
@@ -107,8 +134,8 @@ def _parser() -> argparse.ArgumentParser:
     doctor.add_argument("--recipe", default=None, help="also check this recipe's storage roots")
     doctor.set_defaults(func=cmd_doctor)
 
-    lst = sub.add_parser("list", help="list registered filters, storage tiers or table formats")
-    lst.add_argument("what", choices=["filters", "tiers"])
+    lst = sub.add_parser("list", help="list registered filters, storage tiers or input kinds")
+    lst.add_argument("what", choices=["filters", "tiers", "inputs"])
     lst.add_argument("pattern", nargs="?", default="*")
     lst.set_defaults(func=cmd_list)
 
@@ -241,6 +268,12 @@ def cmd_list(args: argparse.Namespace) -> int:
 
         for entry in describe_filters():
             if entry["name"] in FILTERS.names(args.pattern):
+                print(json.dumps(entry))
+    elif args.what == "inputs":
+        from vqf.tables.videos import INPUTS, describe_inputs
+
+        for entry in describe_inputs():
+            if entry["name"] in INPUTS.names(args.pattern):
                 print(json.dumps(entry))
     else:
         from vqf.storage import TIERS

@@ -225,10 +225,23 @@ class OdpsSinkConfig:
 
 
 @dataclass(frozen=True)
+class EmbeddingsConfig:
+    """Each backbone's tokens of a video, mean-pooled and L2-normalised, written with its row
+    (a list column in Parquet outputs, `embeddings/*.npy` + an index beside JSONL outputs).
+    `windows`: also one vector per segment window."""
+
+    enable: bool = False
+    pool: Literal["mean"] = "mean"
+    dtype: Literal["float16", "float32"] = "float16"
+    windows: bool = False
+
+
+@dataclass(frozen=True)
 class SinksConfig:
     """Options of the output table formats."""
 
     odps: OdpsSinkConfig = field(default_factory=OdpsSinkConfig)
+    embeddings: EmbeddingsConfig = field(default_factory=EmbeddingsConfig)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
+from vqf.embeddings import Embeddings
 from vqf.engine.assemble import ClipPiece
 from vqf.engine.flow import put
 from vqf.engine.runtime import Stage, Worker
@@ -70,6 +71,7 @@ class ModelStage(Stage):
         self.idle_s = 0.05  # nothing arrived for this long: run the fullest batch
         self.pending: dict[tuple[str, int], list[ClipJob]] = defaultdict(list)
         self._pending_lock = threading.Lock()
+        self.embeddings = Embeddings.of(ctx.recipe)  # None unless sinks.embeddings.enable
 
     # -- input, from the decode lanes ---------------------------------------------------------
     def models_for(self, kind: str) -> list[str]:
@@ -225,6 +227,8 @@ class ModelStage(Stage):
         with self.stats.stage(f"backbone:{model_name}", items=len(owners)):
             tokens = backbone.encode(clips)
             self._sync(tokens)
+        if self.embeddings is not None:
+            self.embeddings.add(owners, tokens, model=model_name, stats=self.stats)
         self._count("clips_encoded", len(owners))
         heads = []
         for f in self.by_model[model_name]:

@@ -16,6 +16,7 @@ from typing import Any
 
 from vqf.config import Recipe
 from vqf.decide import decide
+from vqf.embeddings import attach as attach_embeddings
 from vqf.engine.job import VideoJob, as_video_error
 from vqf.engine.work import WorkItem
 from vqf.errors import ErrorType, Stage, VideoError
@@ -84,6 +85,7 @@ class Recorder:
             video_oss_url=url,
             extra=fields,
         )
+        attach_embeddings(record, job)
         try:
             key = self._entering_write(job.item)
         except Exception as e:  # a write-stage fault: this row records it instead

@@ -20,7 +20,9 @@ def open_tables(recipe: Recipe, *, rank: int, world_size: int, stats, group=None
         sid = group.share(kind, lambda: getattr(holder["t"], "session_id", "") or "")
         return holder["t"] if rank == 0 else open_fn(sid or None)
 
-    source = opened("source", lambda sid: open_source(recipe.tables, session_id=sid))
+    source = opened(
+        "source", lambda sid: open_source(recipe.tables, session_id=sid, storage=recipe.storage)
+    )
     total = source.count()
     if recipe.engine.max_rows:
         total = min(total, recipe.engine.max_rows)

@@ -1,7 +1,9 @@
 """Input sources and output sinks, picked by URI.
 
 Sources: a `*.jsonl` file, a `*.parquet` file, a directory of such shards (read as one table
-in name order), or `odps://project/table[/partition]`. Sinks: a dataset directory (named
+in name order), or `odps://project/table[/partition]`; or videos as users have them (a file,
+a folder, a glob, a .txt list, `oss://bucket/prefix/`: the input kinds of `vqf.tables.videos`),
+each video a row of the seed's input schema. Sinks: a dataset directory (named
 `*.parquet` for Parquet shards, anything else for JSONL shards) or an ODPS table; rank r
 writes its own shard. pyarrow and pyodps are imported only when such a table is opened.
 """
@@ -39,16 +41,28 @@ def _split(uri: str, *, hint: str) -> tuple[str, str]:
     return scheme, uri if scheme == "odps" else uri[match.end() :]
 
 
-def open_source(uri: str, *, odps_client=None, session_id: str | None = None) -> Source:
-    """Opens an input table. `session_id` (ODPS only) joins a download session rank 0 made."""
+def open_source(
+    uri: str, *, odps_client=None, session_id: str | None = None, storage=None
+) -> Source:
+    """Opens an input table. `session_id` (ODPS only) joins a download session rank 0 made;
+    `storage` (a StorageConfig) gives the credentials an `oss://` prefix is listed with."""
+    from vqf.tables.videos import open_videos
+
+    if isinstance(uri, str) and uri.startswith(("oss://", "http://", "https://")):
+        return open_videos(uri, storage=storage)
     scheme, rest = _split(uri, hint=URI_HINT)
     if scheme == "odps":
         from vqf.tables.odps_table import OdpsSource
 
         return OdpsSource(uri, client=odps_client, session_id=session_id)
-    from vqf.tables.local import open_local_source
+    from vqf.tables.local import is_table, open_local_source
 
-    return open_local_source(uri, Path(rest))
+    path = Path(rest)
+    if not is_table(path):
+        videos = open_videos(rest, storage=storage)
+        if videos is not None:
+            return videos
+    return open_local_source(uri, path)
 
 
 def open_sink(
@@ -68,6 +82,15 @@ def open_sink(
     """
     check_rank(rank=rank, world_size=world_size)
     scheme, rest = _split(uri, hint=SINK_HINT)
+    if sinks is not None and sinks.embeddings.enable:
+        from vqf.embeddings import with_embeddings
+
+        if scheme != "file":
+            return with_embeddings(None, path=None, rank=rank)  # refuses: not a local folder
+        from vqf.tables.local import open_local_sink
+
+        sink = open_local_sink(uri, Path(rest), rank=rank, world_size=world_size, columns=columns)
+        return with_embeddings(sink, path=Path(rest), rank=rank)
     if scheme == "odps":
         from vqf.tables.odps_table import OdpsSink
 

@@ -15,7 +15,11 @@ from typing import Any, Protocol, runtime_checkable
 from vqf.errors import ConfigError
 from vqf.registry import Registry
 
-URI_HINT = "expected *.jsonl, *.parquet, a directory of shards or odps://project/table[/partition]"
+URI_HINT = (
+    "expected *.jsonl, *.parquet, a directory of shards, odps://project/table[/partition], or "
+    "videos: a file, a folder, a glob ('videos/**/*.mp4'), a .txt list of paths or URLs (one a "
+    "line), oss://bucket/prefix/"
+)
 SINK_HINT = (
     "expected a dataset directory (name it *.parquet for Parquet shards, anything else for "
     "JSONL shards) or odps://project/table[/partition]"

@@ -44,15 +44,24 @@ class LocalSource:
                 return
 
 
+def _shards(path: Path) -> list[Path]:
+    return sorted(
+        p for p in path.iterdir() if p.is_file() and not p.name.startswith(".") and format_for(p)
+    )
+
+
+def is_table(path: Path) -> bool:
+    """A table file, or a folder whose top level holds table shards (else: maybe videos)."""
+    if path.is_dir():
+        return bool(_shards(path))
+    return path.is_file() and format_for(path) is not None
+
+
 def open_local_source(uri: str, path: Path) -> LocalSource:
     if not path.exists():
         raise TableError(f"table {uri!r} does not exist", hint=URI_HINT)
     if path.is_dir():
-        files = sorted(
-            p
-            for p in path.iterdir()
-            if p.is_file() and not p.name.startswith(".") and format_for(p)
-        )
+        files = _shards(path)
         if not files:
             raise TableError(
                 f"directory {uri!r} holds no *.jsonl or *.parquet shards", hint=URI_HINT

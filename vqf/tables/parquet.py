@@ -138,6 +138,11 @@ class ParquetSink:
             raise TableError(f"sink {self.uri!r} is closed")
         rows = [output_record(r, self.columns) for r in records]
         table = pa.Table.from_pylist(rows, schema=self.schema)
+        if any("_embeddings" in r for r in records):
+            from vqf.embeddings import parquet_columns
+
+            for column, array in parquet_columns(records):
+                table = table.append_column(column, array)
         name = f"part-{self.rank:05d}-{self._seq:06d}.parquet"
         temp = self.directory / f".{name}.tmp"
         with open(temp, "wb") as f:
