@@ -58,8 +58,25 @@ if [ "$nproc" -ge 1 ] || [ "$nnodes" -gt 1 ] || [ "${VQF_FORCE_TORCHRUN:-0}" = 1
     extra+=(--standalone)
   fi
   if [ -n "${LOCAL_ADDR:-}" ]; then extra+=(--local-addr "$LOCAL_ADDR"); fi
-  exec "$py" -m torch.distributed.run --nnodes "$nnodes" \
+  # SIGTERM (Kubernetes, Slurm) or Ctrl-C: torchrun passes SIGTERM on to every rank, which
+  # stops gracefully (engine.grace_s) and writes what finished; this script then exits
+  # 143 / 130 with one line, as a single `vqf run` does.
+  "$py" -m torch.distributed.run --nnodes "$nnodes" \
     --nproc-per-node "$nproc" --max-restarts "${MAX_RESTARTS:-3}" "${extra[@]}" \
-    -m vqf run "$@"
+    -m vqf run "$@" &
+  pid=$!
+  stop=""
+  trap 'stop=143; kill -TERM "$pid" 2>/dev/null' TERM
+  trap 'stop=130; kill -TERM "$pid" 2>/dev/null' INT
+  rc=0
+  while :; do
+    wait "$pid" && rc=0 || rc=$?
+    kill -0 "$pid" 2>/dev/null || break  # a trapped signal woke `wait`: torchrun still runs
+  done
+  if [ -n "$stop" ]; then
+    echo "vqf: stopped by a signal; every finished row is written; rerun the same command to resume" >&2
+    exit "$stop"
+  fi
+  exit "$rc"
 fi
 exec "$py" -m vqf run "$@"

@@ -282,3 +282,33 @@ def test_a_model_stage_stuck_in_the_tail_is_taken_over_and_the_run_ends(tmp_path
     got = once(out, ids)
     assert got[2]["error"]["type"] == "timeout" and got[2]["error"]["stage"] == "model"
     assert got[0]["succeed"] == got[1]["succeed"] == "true"
+
+
+def test_sigterm_to_launch_run_sh_stops_two_torchrun_ranks_gracefully(tmp_path, videos):
+    """launch/run.sh under torchrun with two CPU ranks: SIGTERM to the script reaches both
+    ranks through torchrun; the job exits 143 with one line, and the rerun charges nothing."""
+    from tests.test_torchrun import RUN_SH, free_port, run_sh_env
+
+    ids = ["a", "slow", "b", "c"]
+    folder = make_job(tmp_path / "job", videos, ids)
+    out = tmp_path / "out"
+    env = run_sh_env(VQF_FORCE_TORCHRUN="1", NPROC_PER_NODE="2", MAX_RESTARTS="0",
+                     MASTER_PORT=str(free_port()), VQF_FAULT="decode:slow:hang",
+                     VQF_FAULT_HANG_S="60")  # fmt: skip
+    args = ["recipe.yaml", "--tables", "in.jsonl", "--outputs", str(out),
+            "--set", "engine.max_attempts=1", "--set", "engine.grace_s=2",
+            "--set", "decode.timeout_s=60"]  # fmt: skip
+    proc = subprocess.Popen(["bash", str(RUN_SH), *args], cwd=folder, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)  # fmt: skip
+    wait_for(proc, lambda: entered(out, "slow", "decode"), timeout=240)
+    os.kill(proc.pid, signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=90)
+    assert proc.returncode == 143, (proc.returncode, stderr[-3000:])
+    assert "rerun the same command to resume" in stderr, stderr[-3000:]
+    env.pop("VQF_FAULT")
+    again = subprocess.run(["bash", str(RUN_SH), *args], cwd=folder, env=env, text=True,
+                           capture_output=True, timeout=300)  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    got = once(out, ids)
+    assert all(info["succeed"] == "true" for info in got.values()), got
