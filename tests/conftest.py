@@ -36,3 +36,25 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 def device(request) -> str:
     """One test body per device: CPU always, CUDA marked `gpu`."""
     return request.param
+
+
+@pytest.fixture(autouse=True)
+def budget_back_to_zero(monkeypatch):
+    """Every rank a test runs in this process ends with its byte budget back at zero: each
+    clip buffer gave its bytes back exactly once, on every path."""
+    try:
+        from vqf.engine.rank import Rank
+    except ImportError:  # a test environment without the engine's dependencies
+        yield
+        return
+    run = Rank.run
+
+    def checked(self, *args, **kwargs):
+        snap = run(self, *args, **kwargs)
+        held = {p: self.budget.used[p] for p in self.budget.used if self.budget.used[p]}
+        queued = {p: self.budget.queued[p] for p in self.budget.queued if self.budget.queued[p]}
+        assert not held and not queued, f"budget not back to zero: {held} held, {queued} queued"
+        return snap
+
+    monkeypatch.setattr(Rank, "run", checked)
+    yield

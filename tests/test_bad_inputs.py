@@ -42,7 +42,7 @@ def test_every_bad_input_ends_as_one_row_of_the_right_type(corpus_run):
     assert len({c.kind for c in cases}) >= 25
     rows = read_rows(out)
     ids = [c.row.get("video_id", "") for c in cases] + [""]  # + the line that is not JSON
-    assert Counter(r["video_id"] for r in rows) == Counter(ids)
+    assert Counter(r["result_info"]["row"] for r in rows) == Counter(range(len(ids)))
     by_id: dict[str, list[dict]] = {}
     for r in rows:
         by_id.setdefault(r["video_id"], []).append(r)

@@ -60,7 +60,10 @@ def vqf_run(
 
 
 def check_once(rows: list[dict], ids: list[str]) -> dict[str, dict]:
-    assert Counter(r["video_id"] for r in rows) == Counter(ids), "a row lost or written twice"
+    """One row per input row, by its table position (`result_info.row`); {video_id: info}."""
+    positions = Counter(r["result_info"]["row"] for r in rows)
+    assert positions == Counter(range(len(ids))), f"a row lost or written twice: {positions}"
+    assert all(r["video_id"] == ids[r["result_info"]["row"]] for r in rows)
     return {r["video_id"]: r["result_info"] for r in rows}
 
 

@@ -70,7 +70,9 @@ def test_demo_recipe_end_to_end(sample_table, tmp_path):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     rows = read_rows(out)
-    assert Counter(r["video_id"] for r in rows) == Counter(input_ids(sample_table))
+    assert Counter(r["result_info"]["row"] for r in rows) == Counter(
+        range(len(input_ids(sample_table)))
+    )
     by_id = {r["video_id"]: r for r in rows}
 
     for vid, etype in EXPECTED_FAILURES.items():
@@ -146,7 +148,9 @@ def test_rerun_writes_nothing_twice_and_sigkill_resumes(sample_table, tmp_path):
     assert 0 < partial < len(input_ids(sample_table))
     again = vqf(*args, cwd=tmp_path)
     assert again.returncode == 0, again.stdout + again.stderr
-    assert Counter(r["video_id"] for r in read_rows(out)) == Counter(input_ids(sample_table))
+    assert Counter(r["result_info"]["row"] for r in read_rows(out)) == Counter(
+        range(len(input_ids(sample_table)))
+    )
     third = vqf(*args, cwd=tmp_path)  # everything done: nothing more written
     assert third.returncode == 0
     assert len(read_rows(out)) == len(input_ids(sample_table))
@@ -171,7 +175,9 @@ def test_two_cpu_ranks_split_the_table(sample_table, tmp_path):
     shards = sorted(p.name for p in out.glob("part-*.jsonl"))
     assert shards == ["part-00000.jsonl", "part-00001.jsonl"]
     assert all(len((out / s).read_text().splitlines()) > 0 for s in shards)
-    assert Counter(r["video_id"] for r in read_rows(out)) == Counter(input_ids(sample_table))
+    assert Counter(r["result_info"]["row"] for r in read_rows(out)) == Counter(
+        range(len(input_ids(sample_table)))
+    )
 
 
 def test_run_that_cannot_start_exits_nonzero_with_a_message(tmp_path):

@@ -9,6 +9,7 @@ DALI's CPU decoder and float16/bfloat16 arithmetic stand in.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import threading
@@ -268,6 +269,49 @@ def test_one_rank_run_of_several_videos_scores_each_as_alone(video_factory, tmp_
                 assert value == pytest.approx(b[key], abs=0.01), (vid, key)
             else:
                 assert value == b[key], (vid, key)
+
+    # the videos score apart, so a clip handed to the wrong video could not pass the above
+    numbers = {
+        vid: {k: v for k, v in leaves(runs[1][vid]["info"]).items() if isinstance(v, float)}
+        for vid in videos
+    }
+    for a, b in itertools.combinations(videos, 2):
+        shared = numbers[a].keys() & numbers[b].keys()
+        assert max(abs(numbers[a][k] - numbers[b][k]) for k in shared) > 0.05, (a, b)
+
+
+@pytest.mark.gpu
+def test_a_rank_on_the_second_gpu_scores_as_on_the_first(video_factory, tmp_path):
+    """Every stage thread of a rank on cuda:1 works on cuda:1 (its clip-ready events on that
+    GPU's streams): the rows equal those of the same rank on cuda:0."""
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two GPUs")
+    from vqf.config import load_recipe
+    from vqf.engine.rank import Rank
+
+    videos = {
+        f"v{i}": video_factory(codec=codec, **SIZE, seconds=4, fps=10, seed=40 + i)
+        for i, codec in enumerate(("h264", "hevc", "h264"))
+    }
+    table = tmp_path / "in.jsonl"
+    table.write_text("".join(json.dumps({"video_id": k, "video_path": str(v)}) + "\n"
+                             for k, v in videos.items()))  # fmt: skip
+    runs = {}
+    for device in ("cuda:1", "cuda:0"):
+        out = tmp_path / device.replace(":", "")
+        recipe = load_recipe(DEMO, overrides=[
+            f"tables={table}", f"outputs={out}", "demo.generate=false", "engine.device=cuda",
+            "filters.abnormal_region.enable=false", "decode.pipelines=3",
+            "models.backbone.dtype=fp32", "models.rov_backbone.dtype=fp32",
+        ])  # fmt: skip
+        Rank(recipe, rank=0, world_size=1, device=device).run()
+        runs[device] = rows_of(out)
+    for vid in videos:
+        a, b = leaves(runs["cuda:1"][vid]["info"]), leaves(runs["cuda:0"][vid]["info"])
+        assert a.keys() == b.keys()
+        for key, value in a.items():
+            if isinstance(value, float):
+                assert value == pytest.approx(b[key], abs=0.01), (vid, key)
 
 
 def rows_of(out: Path) -> dict[str, dict]:
