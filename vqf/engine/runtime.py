@@ -101,6 +101,7 @@ class Worker:
         self._untimed = 0
         self.stream = None  # this worker's CUDA stream, on a GPU
         self.state: dict[str, Any] = {}  # the stage's per-worker state (see Stage.setup)
+        self.lock = threading.Lock()  # what it holds, against a take-over reading it
         self.thread = threading.Thread(target=self._main, name=self.name, daemon=True)
 
     # -- for the stage's work function --------------------------------------------------------
@@ -123,8 +124,9 @@ class Worker:
             self.since = time.monotonic()
 
     def hold(self, jobs) -> None:
-        self.held = list(jobs)
-        self.since = time.monotonic()
+        with self.lock:
+            self.held = list(jobs)
+            self.since = time.monotonic()
 
     def emit(self, item: Any) -> bool:
         """Hands `item` to the next stage (waiting untimed); False if this worker is gone."""
@@ -194,17 +196,19 @@ class Worker:
         return batch
 
     def _work(self, items: list) -> None:
-        self.carried = list(items)
-        self.held = [j for item in items for j in self.stage.jobs_of(item)]
-        self.since, self.working = time.monotonic(), True
+        with self.lock:
+            self.carried = list(items)
+            self.held = [j for item in items for j in self.stage.jobs_of(item)]
+            self.since, self.working = time.monotonic(), True
         try:
             self.stage.process(self, items)
         except BaseException as e:
             if self.alive():
                 self.runtime.failed(self, e)
         finally:
-            self.working = False
-            self.held, self.carried = [], []
+            with self.lock:
+                self.working = False
+                self.held, self.carried = [], []
 
     def _finish(self) -> None:
         self.held, self.since, self.working = [], time.monotonic(), True
@@ -324,13 +328,16 @@ class Runtime:
                     self._take_over(stage, state, w, stuck)
 
     def _take_over(self, stage: Stage, state: _StageState, w: Worker, stuck_s: float) -> None:
-        with self._lock:
+        with self._lock, w.lock:
             if w.abandoned or w not in state.workers:
+                return
+            if w.stuck_for(time.monotonic()) <= stage.deadline_s:  # it moved on meanwhile
                 return
             w.abandoned = True
             state.workers.remove(w)
             self.abandoned += 1
-        held, carried = _unique(w.held), [i for i in w.carried if _jobs_open(stage, i)]
+            held, carried = _unique(w.held), list(w.carried)
+        carried = [i for i in carried if _jobs_open(stage, i)]
         if stage.timeout_counter:
             self.stats.add(stage.timeout_counter)
         for job in held:
