@@ -111,20 +111,20 @@ class Footage:
 
 
 FOOTAGE = {
-    "pan_right_slow": Footage((Shot("pan_right", 6, 0.05),)),
-    "pan_left": Footage((Shot("pan_left", 6, 0.15),)),
-    "tilt_up_slow": Footage((Shot("tilt_up", 6, 0.05),)),
-    "tilt_down": Footage((Shot("tilt_down", 6, 0.12),)),
-    "zoom_in_slow": Footage((Shot("zoom_in", 6, math.log(1.08)),)),
-    "zoom_out": Footage((Shot("zoom_out", 6, 0.15),)),
-    "shaky": Footage((Shot("shaky", 6, 0.015),)),
-    "static_subject": Footage((Shot("static", 6, subject=True),)),
-    "drift_under_threshold": Footage((Shot("drift", 6, 0.01),)),
+    "pan_right_slow": Footage((Shot("pan_right", 5.5, 0.05),)),
+    "pan_left": Footage((Shot("pan_left", 5.5, 0.15),)),
+    "tilt_up_slow": Footage((Shot("tilt_up", 5.5, 0.05),)),
+    "tilt_down": Footage((Shot("tilt_down", 5.5, 0.12),)),
+    "zoom_in_slow": Footage((Shot("zoom_in", 5.5, math.log(1.08)),)),
+    "zoom_out": Footage((Shot("zoom_out", 5.5, 0.15),)),
+    "shaky": Footage((Shot("shaky", 5.5, 0.015),)),
+    "static_subject": Footage((Shot("static", 5.5, subject=True),)),
+    "drift_under_threshold": Footage((Shot("drift", 5.5, 0.01),)),
     "cuts": Footage(
         (
             Shot("static", 4.5, subject=True),
-            Shot("pan_left", 5, 0.1),
-            Shot("zoom_in", 5, 0.12),
+            Shot("pan_left", 5.5, 0.1),
+            Shot("zoom_in", 5.5, 0.12),
             Shot("tilt_down", 4.5, 0.08),
         )
     ),
@@ -223,18 +223,23 @@ def peer_label(pairs, start: float, end: float) -> str:
 def recipe():
     from vqf.config import Recipe, build
 
-    return build(Recipe, {"sampling": {"height": 128, "width": 128}}, "recipe")
+    # the filter matches 64-pixel thumbnails: larger frames would only cost decode time
+    return build(Recipe, {"sampling": {"height": 64, "width": 64}}, "recipe")
 
 
-def decode(path: Path, recipe):
+@pytest.fixture(scope="module")
+def decode(recipe):
+    """Decodes a file through vqf's own video plane (probe, plan with its dense grid)."""
     from vqf.video.plane import VideoPlane
 
     plane = VideoPlane(recipe=recipe, device="cpu")
-    try:
+
+    def run(path: Path):
         (decoded,) = plane.decode([plane.prepare(path, uri=str(path))])
-    finally:
-        plane.close()
-    return decoded
+        return decoded
+
+    yield run
+    plane.close()
 
 
 def camera_info(decoded, recipe, device: str = "cpu") -> dict:
@@ -252,9 +257,16 @@ def windows(info: dict) -> list[tuple[float, float, dict]]:
 
 
 @pytest.fixture(scope="module")
-def judged(files, recipe) -> dict[str, tuple[dict, list]]:
+def decoded(files, decode) -> dict:
+    return {name: decode(path) for name, path in files.items()}
+
+
+@pytest.fixture(scope="module")
+def judged(files, decoded, recipe) -> dict[str, tuple[dict, list]]:
     """name -> (vqf's camera object, the peer's pairs)."""
-    return {name: (camera_info(decode(path, recipe), recipe), peer_pairs(path)) for name, path in files.items()}
+    return {
+        name: (camera_info(decoded[name], recipe), peer_pairs(path)) for name, path in files.items()
+    }
 
 
 def table_rows(judged) -> list[tuple[str, float, float, str, str, str]]:
@@ -270,7 +282,7 @@ def table_rows(judged) -> list[tuple[str, float, float, str, str, str]]:
 
 def test_windows_match_the_camera_path(judged):
     rows = table_rows(judged)
-    assert len(rows) >= 20
+    assert len(rows) >= 20  # 2 windows per single-shot video, 4 of the cuts video
     hits = sum(truth == ours for _, _, _, truth, ours, _ in rows)
     lines = [f"{'video':22} {'window':>11} {'truth':10} {'vqf':10} {'peer':10}"]
     lines += [f"{n:22} {s:5.1f}-{e:5.1f} {t:10} {o:10} {p:10}" for n, s, e, t, o, p in rows]
@@ -301,3 +313,89 @@ def test_agreement_with_the_peer_per_label(judged):
     # and on what the peer is built for (pans, tilts, zooms, static) the two mostly agree
     built = [r for r in rows if r[3] != "shaky"]
     assert sum(r[4] == r[5] for r in built) >= 0.6 * len(built), lines
+
+
+# -- real footage ---------------------------------------------------------------------------
+
+REAL = {  # name -> (ffmpeg options that trim it, what a viewer sees)
+    "vtest": (
+        ("-t", "5", "-vf", "scale=384:288"),
+        "static",
+    ),  # a surveillance camera over a square, people walking
+    "carphone": ((), "static"),  # a talking head in a car (the car's vibration stays under)
+    "bikes": ((), None),  # shots of a street, cut together: reported, not judged
+}
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n == "bikes" else n for n in REAL]
+)
+def test_real_footage(name, derived_dir, recipe, decode):
+    trim, expected = REAL[name]
+    path = derive(clip(name), derived_dir, ".mp4", *trim, "-c:v", "libx264", "-crf", "18")
+    info = camera_info(decode(path), recipe)
+    pairs = peer_pairs(path)
+    peer = [peer_label(pairs, s, e) for s, e, _ in windows(info)]
+    ours = [w["label"] for _, _, w in windows(info)]
+    agree = sum(a == b for a, b in zip(ours, peer, strict=True)) / len(ours)
+    print(f"\n{name}: vqf {info['label']} {ours} peer {peer} agreement {agree:.2f}", end=" ")
+    print({k: info[k] for k in ("pan", "tilt", "zoom", "shake", "subject_motion")})
+    if expected is None:
+        assert info["label"] in {w["label"] for _, _, w in windows(info)} | {"mixed"}
+        return
+    assert info["label"] == expected and set(ours) == {expected}, (ours, info)
+    # people move in front of the still camera, so this is no still video
+    assert info["subject_motion"] > 5 * info.get("still_subject_max", 0.002)
+    assert info["still"] is False
+
+
+# -- through the real entry point -----------------------------------------------------------
+
+
+def test_vqf_run_labels_and_drops_a_still_video(files, tmp_path):
+    """`vqf run` with the camera filter and the demo's rule: the still video is dropped by
+    `camera.still_max`, a pan and a static shot with a subject crossing it are kept."""
+    from vqf.cli import main
+    from vqf.ops.samples import make_sample
+
+    still = make_sample(tmp_path / "still.mp4", defect="still", seconds=2.0)
+    videos = {"still": still, "pan": files["pan_left"], "subject": files["static_subject"]}
+    table = tmp_path / "input.jsonl"
+    rows = [
+        {"video_id": k, "oss_bucket": "", "video_path": str(p), "video_tag": "t", "info": "{}"}
+        for k, p in videos.items()
+    ]
+    table.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        "sampling: {height: 64, width: 64, whole_frames: 8, window_frames: 8}\n"
+        "filters:\n  camera: {enable: true, thresholds: {still_max: 0}}\n"
+        f"storage: {{cache_dir: {tmp_path / 'cache'}}}\n"
+    )
+    out = tmp_path / "results"
+    args = ["--log-level", "WARNING", "run", str(recipe), "--tables", str(table)]
+    assert main([*args, "--outputs", str(out)]) == 0
+    written = [json.loads(line) for line in (out / "part-00000.jsonl").read_text().splitlines()]
+    got = {r["video_id"]: r for r in written}
+    assert set(got) == set(videos)
+    decision = {k: json.loads(r["result_info"]) for k, r in got.items()}
+    assert all(d["succeed"] == "true" for d in decision.values()), decision
+    camera = {k: json.loads(r["info"])["camera"] for k, r in got.items()}
+    assert camera["still"]["label"] == "static" and camera["still"]["still"] is True
+    assert decision["still"]["keep"] is False
+    assert decision["still"]["reasons"] == ["camera.still_max: 1 > 0"]
+    assert camera["pan"]["label"] == "pan_left" and decision["pan"]["keep"] is True
+    assert camera["subject"]["label"] == "static" and decision["subject"]["keep"] is True
+    assert camera["subject"]["subject_motion"] > 0.01
+    window = camera["pan"]["segments"]["0"]
+    assert window["duration"] == [0.0, 4.0] and window["camera"]["label"] == "pan_left"
+    assert window["camera"]["pan"] < -0.1  # 0.15 frame widths a second, to the left
+
+
+@pytest.mark.parametrize("name", ["shaky"])
+def test_same_numbers_on_every_device(decoded, judged, recipe, device, name):
+    """The measures run where the frames are (CUDA on the NVDEC route) and agree with the CPU."""
+    here, cpu = camera_info(decoded[name], recipe, device), judged[name][0]
+    assert here["label"] == cpu["label"] == FOOTAGE[name].truth(0.0, 4.0)
+    for key in ("pan", "tilt", "zoom", "shake", "subject_motion"):
+        assert here[key] == pytest.approx(cpu[key], abs=2e-3), key

@@ -179,7 +179,12 @@ def presence(ratio: float) -> float:
 def label_scores(*, pan: float, tilt: float, zoom: float, roll: float, shake: float) -> dict:
     """Scores of each label (summing to 1) from the signed rates over their thresholds, with
     the motions taken as independent: shaky, else none (static), one (its label) or several."""
-    g = {"pan": presence(pan), "tilt": presence(tilt), "zoom": presence(zoom), "roll": presence(roll)}
+    g = {
+        "pan": presence(pan),
+        "tilt": presence(tilt),
+        "zoom": presence(zoom),
+        "roll": presence(roll),
+    }
     calm = 1.0 - presence(shake)
     only = {k: g[k] * math.prod(1.0 - g[j] for j in g if j != k) for k in g}
     none = math.prod(1.0 - v for v in g.values())
