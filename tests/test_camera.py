@@ -391,6 +391,21 @@ def test_vqf_run_labels_and_drops_a_still_video(files, tmp_path):
     assert window["duration"] == [0.0, 4.0] and window["camera"]["label"] == "pan_left"
     assert window["camera"]["pan"] < -0.1  # 0.15 frame widths a second, to the left
 
+    # the report's timeline strip shades each window with the camera's label
+    import re
+
+    from vqf.ops.report import write_report
+
+    page = write_report(out, out=tmp_path / "report.html").read_text()
+    section = page.split("id='transitions'")[1].split("</section>")[0]
+    strips = dict(re.findall(r"<tr><td>(\w+)</td><td>[^<]*</td><td>(<svg.*?</svg>)</td>", section))
+    assert set(strips) == set(videos)
+    bands = re.findall(r"<rect class='camera (\w+)' x='([\d.]+)'", strips["pan"])
+    assert [label for label, _ in bands] == ["pan_left", "pan_left"]
+    assert float(bands[0][1]) < float(bands[1][1])  # in time order along the strip
+    assert re.findall(r"<rect class='camera (\w+)'", strips["subject"]) == ["static"] * 2
+    assert "<title>camera pan_left 0.0-4.0 s</title>" in strips["pan"]
+
 
 @pytest.mark.parametrize("name", ["shaky"])
 def test_same_numbers_on_every_device(decoded, judged, recipe, device, name):
