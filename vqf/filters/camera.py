@@ -347,7 +347,7 @@ def fit_camera(shifts: torch.Tensor, weights: torch.Tensor, centres: torch.Tenso
     return model, agree
 
 
-def refine(a: torch.Tensor, b: torch.Tensor, model: torch.Tensor, *, rounds: int = 3):
+def refine(a: torch.Tensor, b: torch.Tensor, model: torch.Tensor, *, rounds: int = 2):
     """The camera model polished on every pixel (Gauss-Newton on the two pictures'
     mean gradient), so sub-pixel steps come out unbiased; pixels that disagree (a subject,
     new content at the edges) are weighted down as in `fit_camera`."""
@@ -362,10 +362,10 @@ def refine(a: torch.Tensor, b: torch.Tensor, model: torch.Tensor, *, rounds: int
         sx, sy = (ax + mx) / 2, (ay + my) / 2
         error = moved - a
         w = covered / (1.0 + (error / 0.5) ** 2) ** 2
-        rows = torch.stack([sx, sy, sx * gx + sy * gy, sy * gx - sx * gy], dim=3)
-        normal = torch.einsum("nhw,nhwi,nhwj->nij", w, rows, rows)
-        normal = normal + 1e-3 * torch.eye(4, device=a.device)
-        step = torch.linalg.solve(normal, -torch.einsum("nhw,nhwi,nhw->ni", w, rows, error))
+        rows = torch.stack([sx, sy, sx * gx + sy * gy, sy * gx - sx * gy], dim=1).view(n, 4, -1)
+        weighted = rows * w.view(n, 1, -1)
+        normal = weighted @ rows.transpose(1, 2) + 1e-3 * torch.eye(4, device=a.device)
+        step = torch.linalg.solve(normal, -(weighted @ error.view(n, -1, 1))[..., 0])
         model = model + step
     return model
 
@@ -395,7 +395,8 @@ def warp(pictures: torch.Tensor, model: torch.Tensor, *, forward: bool):
     sy = gy + sign * (ty + r * gx + s * gy)
     grid = torch.stack([sx / (width / 2), sy / (height / 2)], dim=3)
     out = F.grid_sample(pictures[:, None], grid, align_corners=False, padding_mode="border")
-    return out[:, 0], (grid.abs() <= 1).all(dim=3).to(pictures.dtype)
+    covered = (sx.abs() <= width / 2) & (sy.abs() <= height / 2)
+    return out[:, 0], covered.to(pictures.dtype)
 
 
 def unexplained(a: torch.Tensor, b: torch.Tensor, model: torch.Tensor, *, level: float):
