@@ -414,3 +414,49 @@ def test_same_numbers_on_every_device(decoded, judged, recipe, device, name):
     assert here["label"] == cpu["label"] == FOOTAGE[name].truth(0.0, 4.0)
     for key in ("pan", "tilt", "zoom", "shake", "subject_motion"):
         assert here[key] == pytest.approx(cpu[key], abs=2e-3), key
+
+
+def test_chunks_give_the_numbers_of_one_pass(decoded, judged, recipe):
+    """The engine feeds frames chunk by chunk; each chunk's first pair reaches back to the
+    frame before it, so the row does not depend on where the chunks end."""
+    from vqf.config import FilterConfig
+    from vqf.filters.camera import CameraFilter
+    from vqf.filters.frames import FrameMeasures
+
+    video = decoded["cuts"]
+    measures = FrameMeasures(
+        [CameraFilter(spec=FilterConfig())],
+        plan=video.plan,
+        info=video.info,
+        sampling=recipe.sampling,
+    )
+    for start in range(0, len(video.frames), 7):
+        measures.add(video.frames[start : start + 7])
+    chunked, whole = measures.finish()["camera"], judged["cuts"][0]
+    assert [w["label"] for _, _, w in windows(chunked)] == [
+        w["label"] for _, _, w in windows(whole)
+    ]
+    for key in ("pan", "tilt", "zoom", "shake", "subject_motion"):
+        assert chunked[key] == pytest.approx(whole[key], abs=1e-4), key
+
+
+def test_frames_too_small_to_match_give_a_static_row(tmp_path):
+    """Frames smaller than one block plus the search range: no motion can be measured, and the
+    row says static with nothing moving instead of failing the video."""
+    import torch
+
+    from vqf.config import FilterConfig
+    from vqf.filters.camera import CameraFilter
+    from vqf.filters.frames import FrameLayout, Pixels
+
+    f = CameraFilter(spec=FilterConfig())
+    luma = torch.rand(6, 12, 12)
+    features = {
+        k: v.numpy().astype(np.float64) for k, v in f.features(Pixels(rgb=None, luma=luma)).items()
+    }
+    times = np.arange(6) / 6.0
+    layout = FrameLayout(times=times, whole=np.arange(6), segments=((0, 0.0, 1.0, np.arange(6)),))
+    row = f.summarise(features, layout)
+    assert row["label"] == "static" and row["subject_motion"] == 0.0
+    assert row["still"] is False  # nothing was measured, so nothing is claimed
+    assert row["segments"]["0"]["camera"]["label"] == "static"

@@ -1,27 +1,31 @@
 """Camera: how the camera moves (static, pan, tilt, zoom, shake), whole video and per window.
 
-On the frames' own device each decoded frame shrinks to a luma thumbnail (`thumb_width`
-pixels wide) and is matched to the frame before it: a coarse grid of blocks, each searched
-over shifts of up to `search` thumbnail pixels (sub-pixel by a parabola through the costs),
-then one camera model per pair (shift, zoom and roll about the centre) fitted to the block
-shifts by reweighted least squares, so that blocks moving on their own (a subject) stop
-pulling on it. With the camera's motion taken out, the share of the picture that still
-changes by more than `change_level` is the pair's subject motion. A pair where most of the
-picture changes anyway (a cut) carries no camera motion. Only these numbers leave the device.
+On the frames' own device each decoded frame of the dense stream shrinks to a luma thumbnail
+(`thumb_width` pixels wide) and is matched to the frame before it: a coarse grid of blocks,
+each searched over shifts of up to `search` thumbnail pixels (squared differences, sub-pixel
+by a parabola), one camera model per pair (shift, zoom and roll about the centre) fitted to
+the block shifts by reweighted least squares, so that blocks moving on their own (a subject)
+lose their say, then polished on every pixel (Gauss-Newton), which keeps small steps
+unbiased. With the camera's motion taken out, the share of the picture that still changes by
+more than `change_level` is the pair's subject motion. A pair where most of the picture
+changes anyway, or whose step is a jump unlike its neighbours', is a cut and carries no camera
+motion. Only these per-pair numbers leave the device.
 
 On the host, per window and for the whole video, over the pairs inside it:
 - `pan` (frame widths per second, + right), `tilt` (frame heights per second, + up), `zoom`
-  (log scale per second, + in) and `roll` (radians per second, + clockwise): net motion
-  over time;
+  (log scale per second, + in) and `roll` (radians per second, + the picture turns
+  clockwise): net motion over time;
 - `shake`: how far the camera's path strays from its own smooth course (a straight line
-  fitted over each `shake_span_s`), RMS as a share of the frame;
+  fitted over each `shake_span_s`), the median over the frames, as a share of the frame (a
+  single bump is no shaky video);
 - `subject_motion`: the mean share of the picture that moves on its own.
 Each rate against its option (`pan_min`, `zoom_min`, `roll_min`, `shake_min`) gives how
-strongly that motion is present (0.5 at the option); `result` combines them into scores of
-`static`, `pan_left`/`pan_right`, `tilt_up`/`tilt_down`, `zoom_in`/`zoom_out`, `shaky` and
-`mixed` (two motions at once, or roll) that sum to 1; the label is the highest. The whole
-video's `result` is the mean of its windows'. `still` is true for a static camera over a
-picture where less than `still_subject_max` moves: nothing happens in the video.
+strongly that motion is present (0.5 at the option); `result` combines them, the motions
+taken as independent, into scores of `static`, `pan_left`/`pan_right`,
+`tilt_up`/`tilt_down`, `zoom_in`/`zoom_out`, `shaky` and `mixed` (two motions at once, or
+roll) that sum to 1; the label is the highest. The whole video's `result` is the mean of its
+windows'. `still` is true for a static camera over a picture where less than
+`still_subject_max` moves: nothing happens in the video (never where no pair was measured).
 """
 
 from __future__ import annotations
@@ -120,8 +124,10 @@ class CameraFilter(FrameFilter):
                 for label in LABELS
             }
             whole.update(scored(mean))
-        whole["still"] = (
-            whole["label"] == "static" and whole["subject_motion"] < self.options.still_subject_max
+        whole["still"] = bool(
+            valid.any()
+            and whole["label"] == "static"
+            and whole["subject_motion"] < self.options.still_subject_max
         )
         return {**whole, "segments": windows}
 
@@ -247,8 +253,9 @@ def pair_motion(a: torch.Tensor, b: torch.Tensor, *, opts: CameraOptions) -> dic
     import torch
 
     n, height, width = a.shape
-    if n == 0:
-        return {k: a.new_zeros(0) for k in FEATURES}
+    if n == 0 or min(height, width) < 2 * (opts.search + 4):  # no room for one block
+        out = {k: a.new_full((n,), float("nan")) for k in FEATURES}
+        return {**out, "valid": a.new_zeros(n)}
     za, zb = standardised(a), standardised(b)
     shifts, weights, centres = block_shifts(za, zb, opts=opts)
     model, inliers = fit_camera(shifts, weights, centres)
