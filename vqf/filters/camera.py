@@ -63,8 +63,8 @@ class CameraOptions:
     change_level: float = 0.08  # luma change (0..1) the camera's motion leaves unexplained
     still_subject_max: float = 0.002  # `still`: a static camera and less than this moving
     thumb_width: int = 64  # thumbnail width the blocks are matched on
-    search: int = 5  # largest shift searched, thumbnail pixels, per pair of frames
-    block: int = 8  # block size, thumbnail pixels
+    search: int = 3  # largest shift searched per pair of frames, half-thumbnail pixels
+    block: int = 4  # block size, half-thumbnail pixels
 
     def __post_init__(self):
         check_range("camera", "pan_min", self.pan_min, high=10.0)
@@ -74,7 +74,7 @@ class CameraOptions:
         check_range("camera", "shake_span_s", self.shake_span_s, low=0.25, high=10.0)
         check_range("camera", "change_level", self.change_level)
         check_range("camera", "still_subject_max", self.still_subject_max)
-        for key, low, high in (("thumb_width", 32, 256), ("search", 1, 16), ("block", 4, 32)):
+        for key, low, high in (("thumb_width", 32, 256), ("search", 1, 16), ("block", 2, 32)):
             value = getattr(self, key)
             if not low <= value <= high:
                 raise ConfigError(
@@ -251,15 +251,19 @@ def pair_motion(a: torch.Tensor, b: torch.Tensor, *, opts: CameraOptions) -> dic
     camera's shift (`dx` share of the width, `dy` of the height), `scale` (log), `roll`
     (radians), the share of the picture `moving` on its own, and `valid` (0 for a cut)."""
     import torch
+    import torch.nn.functional as F
 
     n, height, width = a.shape
-    if n == 0 or min(height, width) < 2 * (opts.search + 4):  # no room for one block
+    if n == 0 or min(height, width) < 4 * (opts.search + 2):  # no room for one block
         out = {k: a.new_full((n,), float("nan")) for k in FEATURES}
         return {**out, "valid": a.new_zeros(n)}
     za, zb = standardised(a), standardised(b)
-    shifts, weights, centres = block_shifts(za, zb, opts=opts)
+    # blocks are matched at half the thumbnail's size (a quarter of the pixels, twice the
+    # reach); the fit on every pixel then brings the model to the full size's precision
+    half_a, half_b = (F.avg_pool2d(z[:, None], 2)[:, 0] for z in (za, zb))
+    shifts, weights, centres = block_shifts(half_a, half_b, opts=opts)
     model, inliers = fit_camera(shifts, weights, centres)
-    model = refine(za, zb, model)
+    model = refine(za, zb, model * torch.tensor([2.0, 2.0, 1.0, 1.0], device=model.device))
     moving = unexplained(a, b, model, level=opts.change_level)
     tx, ty, s, r = model.unbind(1)
     enough = (inliers > 0.25) & (weights.sum(dim=1) > 0)
