@@ -25,6 +25,7 @@ import pytest
 
 from tests.footage import clip, derive, ffmpeg, photo
 
+ROOT = Path(__file__).resolve().parents[1]
 FPS, WIDTH, HEIGHT = 25, 160, 120
 BASE_ZOOM = 2.5  # the camera sees 1/2.5 of the photograph's width: room to move
 MIN_ACCURACY = 0.9
@@ -366,11 +367,19 @@ def test_vqf_run_labels_and_drops_a_still_video(files, tmp_path):
         for k, p in videos.items()
     ]
     table.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    import yaml
+
+    demo = yaml.safe_load((ROOT / "pipelines" / "demo.yaml").read_text())
+    assert demo["filters"]["camera"]["thresholds"] == {"still_max": 0}  # the demo's rule
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(
-        "sampling: {height: 64, width: 64, whole_frames: 8, window_frames: 8}\n"
-        "filters:\n  camera: {enable: true, thresholds: {still_max: 0}}\n"
-        f"storage: {{cache_dir: {tmp_path / 'cache'}}}\n"
+        yaml.safe_dump(
+            {
+                "sampling": {"height": 64, "width": 64, "whole_frames": 8, "window_frames": 8},
+                "filters": {"camera": demo["filters"]["camera"]},
+                "storage": {"cache_dir": str(tmp_path / "cache")},
+            }
+        )
     )
     out = tmp_path / "results"
     args = ["--log-level", "WARNING", "run", str(recipe), "--tables", str(table)]
