@@ -86,6 +86,7 @@ class CameraOptions:
 @register
 class CameraFilter(FrameFilter):
     name = "camera"
+    labels = LABELS
     keys = {"frames": "camera"}
     Options = CameraOptions
 
