@@ -432,7 +432,7 @@ def test_chunks_give_the_numbers_of_one_pass(decoded, judged, recipe):
     from vqf.filters.camera import CameraFilter
     from vqf.filters.frames import FrameMeasures
 
-    video = decoded["cuts"]
+    video = decoded["shaky"]
     measures = FrameMeasures(
         [CameraFilter(spec=FilterConfig())],
         plan=video.plan,
@@ -441,7 +441,7 @@ def test_chunks_give_the_numbers_of_one_pass(decoded, judged, recipe):
     )
     for start in range(0, len(video.frames), 7):
         measures.add(video.frames[start : start + 7])
-    chunked, whole = measures.finish()["camera"], judged["cuts"][0]
+    chunked, whole = measures.finish()["camera"], judged["shaky"][0]
     assert [w["label"] for _, _, w in windows(chunked)] == [
         w["label"] for _, _, w in windows(whole)
     ]
