@@ -149,6 +149,7 @@ def test_the_demo_recipe_decides_with_weight_free_filters_only():
         "sharpness",
         "exposure",
         "cuts",
+        "camera",
         "bitrate",
     }
     assert set(decide({}, recipe=recipe)["decided_by"]["models"].values()) == {"weight-free"}

@@ -13,6 +13,7 @@ from vqf.filters import (  # noqa: F401  # noqa: F401
     abnormal_region,
     bitrate,
     borders,
+    camera,
     cuts,
     exposure,
     low_quality,

@@ -1,7 +1,8 @@
 """`vqf report OUTPUTS`: one self-contained HTML page about a run's output table.
 
 Counts, failures by type, verdicts by rule, a timeline strip per video with its shot
-transitions (the cuts filter's hard cuts and fades) marked, and per filter: a histogram of
+transitions (the cuts filter's hard cuts and fades) marked and the camera filter's label on
+each window, and per filter: a histogram of
 every score, the keep rate as a function of each threshold, and thumbnail strips of the
 highest and lowest scoring videos and of those the filter dropped. Thumbnails are decoded with PyAV from each
 row's `video_oss_url` when it is a local file and embedded as base64 JPEG; charts are inline
@@ -25,7 +26,7 @@ from vqf.decide import Rule, info_path, parse_rules
 
 STRIP = 4  # videos per thumbnail strip
 TIMELINES = 200  # videos whose transitions the page draws
-TIMELINE_W, TIMELINE_H = 480, 28
+TIMELINE_W, TIMELINE_H = 480, 40
 FRAMES = 4  # frames per video thumbnail
 THUMB_HEIGHT = 72
 
@@ -201,40 +202,88 @@ def _reasons(good) -> str:
 
 
 def _timelines(good) -> str:
-    """One strip per video with its transitions marked where they fall in the video."""
-    shown = [
-        (r, r["info"]["cuts"]) for r in good if isinstance((r.get("info") or {}).get("cuts"), dict)
-    ]
+    """One strip per video: its transitions marked where they fall, its camera label per window."""
+    shown = [r for r in good if any(isinstance(_info(r).get(k), dict) for k in ("cuts", "camera"))]
     if not shown:
         return ""
     lines = []
-    for row, cuts in shown[:TIMELINES]:
+    for row in shown[:TIMELINES]:
+        cuts, camera = _info(row).get("cuts") or {}, _info(row).get("camera") or {}
         times = [float(t) for t in cuts.get("times") or []]
         kinds = list(cuts.get("kinds") or ["cut"] * len(times))
+        windows = [
+            (float(w["duration"][0]), float(w["duration"][1]), str(w["camera"].get("label", "")))
+            for w in (camera.get("segments") or {}).values()
+            if "duration" in w and isinstance(w.get("camera"), dict)
+        ]
         ends = [w["duration"][1] for w in (cuts.get("segments") or {}).values() if "duration" in w]
-        length = max([*ends, *times, 0.0])
+        length = max([*ends, *times, *(e for _, e, _ in windows), 0.0])
+        count = len(times) if cuts else "-"
         lines.append(
-            f"<tr><td>{_e(row['video_id'])}</td><td>{len(times)}</td>"
-            f"<td>{timeline_svg(times, kinds, seconds=length)}</td></tr>"
+            f"<tr><td>{_e(row['video_id'])}</td><td>{count}</td>"
+            f"<td>{timeline_svg(times, kinds, seconds=length, windows=windows)}</td></tr>"
         )
     more = len(shown) - TIMELINES
     note = f"<p class='same'>{more} more videos not drawn</p>" if more > 0 else ""
     return (
         "<section id='transitions'><h2>Transitions</h2><p class='same'>"
-        "<span class='cut'>&#9646;</span> hard cut <span class='fade'>&#9646;</span> fade</p>"
+        "<span class='cut'>&#9646;</span> hard cut <span class='fade'>&#9646;</span> fade; "
+        "shaded: the camera's motion per window (static, pan, tilt, zoom, shaky, mixed)</p>"
         "<table><tr><th>video</th><th>transitions</th><th>timeline</th></tr>"
         f"{''.join(lines)}</table>{note}</section>"
     )
 
 
-def timeline_svg(times: list[float], kinds: list[str], *, seconds: float) -> str:
+def _info(row: dict[str, Any]) -> dict[str, Any]:
+    return row.get("info") or {}
+
+
+CAMERA_COLOURS = {
+    "static": "#e4e4e4", "pan": "#bfe3c4", "tilt": "#c4d9f2", "zoom": "#f5deb0",
+    "shaky": "#f4b6b6", "mixed": "#d9c3ee",
+}  # fmt: skip
+
+
+def _camera_colour(label: str) -> str:
+    return CAMERA_COLOURS.get(label.split("_")[0], "#eeeeee")
+
+
+def timeline_svg(
+    times: list[float],
+    kinds: list[str],
+    *,
+    seconds: float,
+    windows: list[tuple[float, float, str]] = (),
+) -> str:
     """An inline SVG strip of `seconds` with a mark at each transition: red for a hard cut,
-    orange for a fade; each mark's title gives its time."""
+    orange for a fade; each mark's title gives its time. `windows` (start, end, camera label)
+    shade the strip behind them, each window from its start to the next one's."""
     w, h, pad = TIMELINE_W, TIMELINE_H, 4
     span = max(seconds, max(times, default=0.0), 1e-6)
+
+    def x_at(t: float) -> float:
+        return pad + (w - 2 * pad) * t / span
+
+    bands, top = [], (h - 12) / 2 + 3  # under the axis
+    ordered = sorted(windows)
+    for i, (start, end, label) in enumerate(ordered):
+        stop = ordered[i + 1][0] if i + 1 < len(ordered) else end
+        x0, x1 = x_at(start), x_at(max(stop, start))
+        text = label.replace("_", " ")
+        words = (
+            f"<text x='{(x0 + x1) / 2:.1f}' y='{h - 14}' font-size='9' text-anchor='middle'>"
+            f"{_e(text)}</text>"
+            if x1 - x0 >= 6 * len(text)
+            else ""
+        )
+        bands.append(
+            f"<rect class='camera {_e(label)}' x='{x0:.1f}' y='{top}' width='{x1 - x0:.1f}' "
+            f"height='{h - 12 - top}' fill='{_camera_colour(label)}'><title>camera {_e(label)} "
+            f"{start:.1f}-{end:.1f} s</title></rect>{words}"
+        )
     marks = []
     for t, kind in zip(times, kinds, strict=False):
-        x = pad + (w - 2 * pad) * t / span
+        x = x_at(t)
         colour = "#e08a00" if kind == "fade" else "#c33"
         marks.append(
             f"<line class='mark {_e(kind)}' x1='{x:.1f}' x2='{x:.1f}' y1='2' y2='{h - 12}' "
@@ -247,7 +296,7 @@ def timeline_svg(times: list[float], kinds: list[str], *, seconds: float) -> str
     )
     return (
         f"<svg class='timeline' xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}'>"
-        f"{axis}{''.join(marks)}</svg>"
+        f"{''.join(bands)}{axis}{''.join(marks)}</svg>"
     )
 
 
