@@ -171,14 +171,14 @@ class Worker:
 
     def _take(self) -> list | None:
         stage = self.stage
-        wait_s = stage.idle_s if stage.idle_s is not None else 0.2
-        deadline = time.monotonic() + wait_s
+        idle_at = None if stage.idle_s is None else time.monotonic() + stage.idle_s
         while self.alive():
+            wait_s = 0.2 if idle_at is None else min(0.2, max(0.0, idle_at - time.monotonic()))
             try:
-                first = stage.inbox.get(timeout=min(0.2, max(0.0, deadline - time.monotonic())))
+                first = stage.inbox.get(timeout=wait_s)
                 break
             except queue.Empty:
-                if stage.idle_s is not None and time.monotonic() >= deadline:
+                if idle_at is not None and time.monotonic() >= idle_at:
                     return None
         else:
             return []
