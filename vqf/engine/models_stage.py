@@ -50,6 +50,7 @@ class ModelStage(Stage):
     name = "models"
     error_stage = ErrorStage.MODEL
     timeout_counter = "model_timeouts"
+    batch = 64  # clips taken from the inbox at once (whatever is there), sorted into batches
 
     def __init__(self, ctx, *, filters: list, bank: Any, batch_sizes: dict[str, int], depth: int):
         from vqf.filters.base import ClipResult
