@@ -47,14 +47,17 @@ def iter_frames(
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
+            # a stream whose size changes midway is scaled to its first size, the probe's
+            stored = (stream.codec_context.width, stream.codec_context.height)
             for index, frame in enumerate(container.decode(stream)):
                 if counter is not None:
                     counter["decoded"] = index + 1
                 if index != wanted[pos]:
                     continue
-                if size is not None:
+                if size is not None or (frame.width, frame.height) != stored:
+                    width, height = size or stored
                     frame = frame.reformat(
-                        width=size[0], height=size[1], format="rgb24", interpolation=interpolation
+                        width=width, height=height, format="rgb24", interpolation=interpolation
                     )
                 buffer.append(frame.to_ndarray(format="rgb24"))
                 pos += 1
@@ -91,8 +94,9 @@ class Seeked(NamedTuple):
 # A seek that lands late is retried from up to this many earlier keyframes before the video
 # is decoded forward from its start.
 SEEK_RETRIES = 2
-# Packed B-frames (MPEG-4 Part 2 in AVI) leave the decoder's timestamps swapped with a
-# neighbour's; a frame may sit this far from its own timestamp's place and still be counted.
+# AVI stores no presentation times: FFmpeg guesses them, and packed B-frames (MPEG-4 Part 2)
+# leave a frame's guess swapped with a neighbour's. There a frame may sit this far from its
+# timestamp's place and still be counted; elsewhere a frame must sit exactly at its tick.
 REORDER_SLACK = 2
 
 
@@ -125,6 +129,7 @@ def seek_frames(
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
+            stored = (stream.codec_context.width, stream.codec_context.height)
             fresh = True  # nothing read yet: "seeking" to frame 0 is reading on
             while todo:
                 first = min(todo)
@@ -153,7 +158,19 @@ def seek_frames(
             f"{Path(path).name}: no frame {missing[0]} in the file, decoding forward from the "
             f"start ({len(missing)} of {len(wanted)} wanted frames missing)"
         )
-    return Seeked(np.stack(out), counter["decoded"], fell_back)
+    frames_out = np.stack([_fit(picture, size=stored) for picture in out])
+    return Seeked(frames_out, counter["decoded"], fell_back)
+
+
+def _fit(picture: np.ndarray, *, size: tuple[int, int]) -> np.ndarray:
+    """`picture` at the stream's first size (width, height): a stream whose size changes
+    midway is scaled to the size the probe read, as the decode route does."""
+    import av
+
+    if (picture.shape[1], picture.shape[0]) == size:
+        return picture
+    frame = av.VideoFrame.from_ndarray(picture, format="rgb24")
+    return frame.reformat(width=size[0], height=size[1]).to_ndarray(format="rgb24")
 
 
 def _next_key(keys: np.ndarray, key: int) -> int:
@@ -173,7 +190,8 @@ def _seek_group(container, stream, key, keys, group, out, pts, counter) -> bool 
         if landed is None:
             continue
         index, frame = landed
-        if not _take(frames, index, group, out, counter, first=frame, pts=pts):
+        slack = REORDER_SLACK if container.format.name == "avi" else 0
+        if not _take(frames, index, group, out, counter, first=frame, pts=pts, slack=slack):
             return None
         return tries == 0
     return None
@@ -197,10 +215,10 @@ def _land(frames, target: int, key: int, keys: np.ndarray, pts: np.ndarray, coun
     return None
 
 
-def _take(frames, index, group, out, counter, *, first=None, pts=None) -> bool:
+def _take(frames, index, group, out, counter, *, first=None, pts=None, slack=0) -> bool:
     """Counts frames from display index `index` in the decoder's order and keeps `group`'s
-    (index -> output slots); with `pts`, a frame whose tick is not near its count means the
-    numbering slipped. True when every frame of the group was found."""
+    (index -> output slots); with `pts`, a frame whose tick is more than `slack` places from
+    its count means the numbering slipped (timestamps that go back, dropped frames). True when every frame of the group was found."""
     last = max(group)
 
     def check(frame, index) -> bool:
@@ -208,7 +226,7 @@ def _take(frames, index, group, out, counter, *, first=None, pts=None) -> bool:
             return True
         if frame.pts is None:
             return False
-        return abs(int(np.searchsorted(pts, frame.pts)) - index) <= REORDER_SLACK
+        return abs(int(np.searchsorted(pts, frame.pts)) - index) <= slack
 
     stream = frames if first is None else _chain(first, frames)
     for n, frame in enumerate(stream):
