@@ -148,9 +148,11 @@ def choose_route(
             return requested, "requested"
         fallback = "dali-cpu" if refused["dali-cpu"] is None else "pyav"
         return fallback, f"fallback: {requested} cannot decode this video ({refused[requested]})"
+    passed = []  # the routes before the chosen one, and why each refused
     for route in ROUTES:
         if refused[route] is None:
-            return route, "auto"
+            return route, "; ".join(["auto", *passed])
+        passed.append(f"not {route}: {refused[route]}")
     return "pyav", "auto"
 
 
