@@ -7,8 +7,8 @@ Part 2 with B-frames in AVI, to VP9 in Matroska and to HEVC, the base with a 90 
 rotation (the same packets), and the base letterboxed (bars of 1/8 its height). For every file:
 
 - the row succeeds, on the route the probe picks;
-- the planned frames match an independent PyAV decode (rotation applied as a player does)
-  within test_frames' tolerance;
+- the planned frames match an independent PyAV decode (rotation applied as a player does):
+  mean difference under 2 levels of 255, 99th percentile under 12;
 - the weight-free verdicts of a copy agree with the base's: the same number of cuts at the
   same times (within 0.05 s), border share within 0.02 (the letterboxed copy: 0.2 more, its
   bars' share, within 0.05), motion and sharpness scores within 15% (and 0.001, for the
@@ -51,6 +51,9 @@ COPIES = {
     "letterbox": (".mp4", ["-vf", "pad=iw:ih+4*trunc(ih/16):0:2*trunc(ih/16),setsar=1", "-c:v",
                            "libx264", "-crf", "18"]),
 }  # fmt: skip
+# frames against the reference: test_frames' mean, and a 99th percentile that leaves room for
+# the fine texture of real footage (DALI's and torch's antialiasing differ on it)
+MEAN_TOL, P99_TOL = 2.0, 12.0
 CUT_TOL_S, BORDER_TOL, SCORE_REL_TOL, SCORE_ABS_TOL, LUMA_TOL = 0.05, 0.02, 0.15, 0.001, 0.02
 
 
@@ -90,7 +93,8 @@ def check_frames(path: Path) -> str:
     wanted = prepared.plan.frames
     count, frames = reference_frames(path, wanted)
     assert prepared.info.frame_count == count
-    assert_close(decoded.frames, reference_clip(frames, range(len(wanted))))
+    want = reference_clip(frames, range(len(wanted)))
+    assert_close(decoded.frames, want, mean_tol=MEAN_TOL, p99_tol=P99_TOL)
     return decoded.route
 
 
@@ -169,5 +173,10 @@ def test_every_clip_at_its_own_size(tmp_path, derived_dir):
         files[f"{name}/original"] = clip(name)
     rows = run_suite(tmp_path, files)
     check_rows(rows, files, names)
-    for path in files.values():
-        check_frames(path)
+    failed = []
+    for key, path in files.items():
+        try:
+            check_frames(path)
+        except AssertionError as e:
+            failed.append(f"{key}: {e}")
+    assert not failed, failed
