@@ -137,7 +137,7 @@ def test_plan_properties(video):
         # the dense grid leaves no gap over 1/dense_fps that the video itself does not have
         gaps = np.diff(ts[frames])
         worst = np.maximum(1 / sampling.dense_fps, np.diff(ts).max())
-        assert gaps.max() <= worst + 1e-9
+        assert gaps.max() <= worst + 1e-3  # the grid decides on times rounded to 1 ms
 
     segments, inverses = plan.clips_of("segment"), plan.clips_of("inverse")
     assert len(segments) == len(inverses)

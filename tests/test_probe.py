@@ -89,9 +89,10 @@ def test_gpu_routes_everything_nvdec_can_decode(video_factory):
     import torch
 
     major, _ = torch.cuda.get_device_capability(0)
-    for codec in CODECS:
-        info = probe(video_factory(codec=codec, seconds=1), device="cuda:0")
-        assert info.route == "nvdec", codec
+    for codec in CODECS:  # a size inside every codec's NVDEC limits (HEVC needs 144x144)
+        path = video_factory(codec=codec, width=256, height=192, seconds=1)
+        info = probe(path, device="cuda:0")
+        assert info.route == "nvdec", (codec, info.route_reason)
     assert major != 9 or "av1" not in nvdec_codecs("cuda:0")
 
 
@@ -104,3 +105,45 @@ def test_describe_shows_metadata_and_plan(video_factory):
     # 8 s: windows [0,4] and [3,7]; the 1 s tail is not longer than tail_min_s
     assert text.count("segment") == 2 and text.count("inverse") == 2
     assert "[  3.000,   7.000]" in text
+
+
+@pytest.mark.parametrize(
+    ("codec", "width", "height", "route"),
+    [
+        ("hevc", 160, 120, "pyav"),  # under HEVC's 144x144 minimum
+        ("hevc", 256, 192, "nvdec"),
+        ("vp9", 160, 120, "dali-cpu"),  # under VP9's 128x128: DALI's CPU decoder takes it
+        ("vp9", 128, 128, "nvdec"),
+        ("h264", 4096, 2160, "nvdec"),
+        ("h264", 4352, 2448, "pyav"),  # over H.264's 4096 maximum
+        ("mpeg4", 2048, 1080, "pyav"),  # over MPEG-4 Part 2's 2032
+    ],
+)
+def test_nvdec_is_chosen_by_its_documented_sizes(monkeypatch, codec, width, height, route):
+    import dataclasses
+    import importlib
+
+    probe_module = importlib.import_module("vqf.video.probe")
+
+    monkeypatch.setattr(probe_module, "nvdec_codecs", lambda device: probe_module.NVDEC_CODECS)
+    info = probe_module.VideoInfo(
+        path="x",
+        container="matroska" if codec == "vp9" else "mov",
+        codec=codec,
+        width=width,
+        height=height,
+        frame_count=10,
+        duration_s=1.0,
+        fps=10.0,
+        vfr=False,
+        timestamps=np.arange(10) / 10,
+        pix_fmt="yuv420p",
+    )
+    got, reason = choose_route(info, device="cuda:0")
+    assert got == route, reason
+    if route != "nvdec":  # a requested NVDEC says why it cannot
+        _, why = choose_route(info, requested="nvdec", device="cuda:0")
+        assert f"{width}x{height}" in why and codec in why
+    avi = dataclasses.replace(info, container="avi")
+    if codec == "mpeg4":  # AVI keeps decode-order timestamps: DALI cannot number its frames
+        assert choose_route(avi, device="cuda:0")[0] == "pyav"

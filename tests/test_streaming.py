@@ -71,8 +71,9 @@ def test_detection_frames_are_found_by_seeking_not_by_a_pass_over_the_video(vide
     assert det.decoded < spanned / 2  # far from a pass over the video
     # the frames are those a full decode from the start gives
     info, wanted = prepared.info, prepared.plan.detect_frames
-    found, _ = seek_frames(prepared.path, wanted, pts=info.pts, keyframes=info.keyframes)
-    assert np.array_equal(found, decode_all(prepared.path, wanted))
+    found = seek_frames(prepared.path, wanted, pts=info.pts, keyframes=info.keyframes)
+    assert not found.fell_back
+    assert np.array_equal(found.frames, decode_all(prepared.path, wanted))
 
 
 def run_rank(recipe):

@@ -200,6 +200,7 @@ def _streaming(spans, snap: dict[str, Any], processing: float) -> dict[str, Any]
         "frames_decoded": int(counters.get("frames_decoded", 0)),
         "frames_spanned": int(counters.get("frames_spanned", 0)),
         "frames_planned": int(counters.get("frames_planned", 0)),
+        "detect_seek_fallbacks": int(counters.get("detect_seek_fallbacks", 0)),
         "frames_in_flight": snap.get("frames_in_flight", {}),
     }
 

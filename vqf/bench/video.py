@@ -1,6 +1,7 @@
 """`vqf bench-video`: the video plane against a plain PyAV decode of the same file.
 
-Generates a 720p H.264 video (20 s by default), then prints side by side: how many frames
+Generates a 720p H.264 video (20 s by default; `--video FILE` measures a file of your own
+instead), then prints side by side: how many frames
 the plan decodes per frame its clips read (decode-once), seconds per video through the plane
 (probe + plan, then the chunked decode + rotate + resize + normalise in the graph), and the
 practical CPU floor: PyAV decoding the spanned frames with swscale converting and scaling only
@@ -22,8 +23,14 @@ def main(argv: list[str] | None = None) -> int:
     from vqf.config import DecodeConfig, Recipe
     from vqf.video.synth import make_video
 
-    workdir = Path(args.dir or tempfile.mkdtemp(prefix="vqf-bench-"))
-    path = workdir / f"bench_{args.width}x{args.height}_{args.seconds:g}s.mp4"
+    if args.video:
+        path = Path(args.video)
+        if not path.is_file():
+            print(f"vqf bench-video: --video {args.video} is not a file")
+            return 2
+    else:
+        workdir = Path(args.dir or tempfile.mkdtemp(prefix="vqf-bench-"))
+        path = workdir / f"bench_{args.width}x{args.height}_{args.seconds:g}s.mp4"
     if not path.exists():
         started = time.perf_counter()
         make_video(
@@ -138,6 +145,9 @@ def _synchronise(tensor) -> None:
 
 def _parse(argv):
     p = argparse.ArgumentParser(prog="vqf bench-video", description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--video", default=None, help="a video file to measure instead of the generated one"
+    )
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--width", type=int, default=1280)
     p.add_argument("--height", type=int, default=720)

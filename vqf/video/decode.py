@@ -122,7 +122,7 @@ def decode_detect(plane: VideoPlane, prepared: Prepared) -> DetectFrames:
         rotation=info.rotation,
         size=plane.recipe.sampling.detect_size,
     )
-    route = prepared.route
+    route, fell_back = prepared.route, False
     try:
         if route in DALI_ROUTES:
             inputs.update(_encoded(prepared, indices))
@@ -130,7 +130,7 @@ def decode_detect(plane: VideoPlane, prepared: Prepared) -> DetectFrames:
                 int(i) - _keyframe_before(info.keyframes, i) + 1 for i in np.unique(indices)
             )
         else:
-            inputs["raw"], decoded = seek_frames(
+            inputs["raw"], decoded, fell_back = seek_frames(
                 prepared.path, indices, pts=info.pts, keyframes=info.keyframes
             )
         out = run_pipeline(plane.pipeline(route, "detect"), {k: [v] for k, v in inputs.items()})
@@ -141,7 +141,9 @@ def decode_detect(plane: VideoPlane, prepared: Prepared) -> DetectFrames:
         plane.rebuild(route, "detect")
         raise _failed(prepared, e, stage=Stage.DETECT) from None
     _check_count(prepared, frames, len(indices), stage=Stage.DETECT)
-    return DetectFrames(frames=frames, indices=indices, letterbox=letterbox, decoded=decoded)
+    return DetectFrames(
+        frames=frames, indices=indices, letterbox=letterbox, decoded=decoded, fell_back=fell_back
+    )
 
 
 def _keyframe_before(keyframes: np.ndarray, index) -> int:

@@ -106,6 +106,10 @@ def dense_grid(ts: np.ndarray, *, duration_s: float, fps: float) -> np.ndarray:
     slower than `fps` gives every frame; `duration_s` is accepted for symmetry with clips."""
     if fps <= 0 or len(ts) == 0:
         return np.zeros(0, np.int64)
+    # decided at Matroska's millisecond resolution: at 23.976 fps three frames last 0.12512 s,
+    # which Matroska stores as 0.125, within a 1/8 s step; rounding every container's times
+    # alike gives a file and its remux the same grid, so the same frame pairs to compare
+    ts = np.round(np.asarray(ts, dtype=np.float64), 3)
     step, out, i = 1.0 / fps, [0], 0
     while True:
         j = int(np.searchsorted(ts, ts[i] + step + EPS, side="right")) - 1

@@ -90,6 +90,7 @@ class DetectFrames:
     indices: np.ndarray
     letterbox: Letterbox
     decoded: int = 0  # frames the decoder went through to reach them
+    fell_back: bool = False  # a seek landed off the plan's numbering: decoded forward instead
 
 
 class VideoPlane:

@@ -18,6 +18,23 @@ from vqf.errors import ErrorType, Stage, VideoError
 ROUTES = ("nvdec", "dali-cpu", "pyav")
 NVDEC_CODECS = ("h264", "hevc", "vp8", "vp9", "mpeg4", "mjpeg", "av1")
 DALI_CPU_CODECS = ("vp8", "vp9", "mjpeg")
+# NVDEC's documented coded-size limits per codec (NVIDIA Video Codec SDK, NVDEC programming
+# guide, "Hardware video decoder capabilities", Turing to Ada/Hopper): (min width, min height,
+# max width, max height). A stream outside them is refused by the decoder, so it never goes
+# there. JPEG's minimum is kept at 64x64 so a tiny MJPEG stream never relies on the edge.
+NVDEC_LIMITS = {
+    "h264": (48, 16, 4096, 4096),
+    "hevc": (144, 144, 8192, 8192),
+    "vp8": (48, 16, 4096, 4096),
+    "vp9": (128, 128, 8192, 8192),
+    "av1": (128, 128, 8192, 8192),
+    "mpeg4": (48, 16, 2032, 2032),
+    "mjpeg": (64, 64, 16384, 16384),
+}
+# DALI's decoders number frames by the container's packet timestamps. AVI stores none (they
+# follow decode order, and packed B-frames swap neighbours), so only intra-only codecs, whose
+# decode order is their display order, take a DALI route from an AVI.
+INTRA_ONLY_CODECS = ("mjpeg",)
 # 8-bit layouts each DALI decoder is relied on for (checked against PyAV for the CPU one;
 # NVDEC's chroma support varies by codec and GPU, so it gets 4:2:0 only). Anything else,
 # 10-bit included, goes through FFmpeg.
@@ -121,21 +138,60 @@ def choose_route(
     decoder for VP8/VP9/MJPEG, else PyAV. A requested route that cannot take it falls back."""
     if requested not in ("auto", *ROUTES):
         raise ValueError(f"decode route {requested!r} is not one of auto, {', '.join(ROUTES)}")
-    gpu = nvdec_codecs(device)
-    possible = {
-        "nvdec": info.codec in gpu and info.pix_fmt in NVDEC_PIX_FMTS,
-        "dali-cpu": info.codec in DALI_CPU_CODECS and info.pix_fmt in DALI_CPU_PIX_FMTS,
-        "pyav": True,
+    refused = {
+        "nvdec": _nvdec_refusal(info, nvdec_codecs(device)),
+        "dali-cpu": _dali_cpu_refusal(info),
+        "pyav": None,
     }
     if requested != "auto":
-        if possible[requested]:
+        if refused[requested] is None:
             return requested, "requested"
-        fallback = "dali-cpu" if possible["dali-cpu"] else "pyav"
-        return fallback, f"fallback: {requested} cannot decode {info.codec} {info.pix_fmt}"
+        fallback = "dali-cpu" if refused["dali-cpu"] is None else "pyav"
+        return fallback, f"fallback: {requested} cannot decode this video ({refused[requested]})"
+    passed = []  # the routes before the chosen one, and why each refused
     for route in ROUTES:
-        if possible[route]:
-            return route, "auto"
+        if refused[route] is None:
+            return route, "; ".join(["auto", *passed])
+        passed.append(f"not {route}: {refused[route]}")
     return "pyav", "auto"
+
+
+def nvdec_takes(codec: str, *, width: int, height: int) -> bool:
+    """Whether NVDEC's documented size limits for `codec` admit a `width` x `height` stream."""
+    limits = NVDEC_LIMITS.get(codec)
+    if limits is None:
+        return False
+    min_w, min_h, max_w, max_h = limits
+    return min_w <= width <= max_w and min_h <= height <= max_h
+
+
+def _nvdec_refusal(info: VideoInfo, codecs: tuple[str, ...]) -> str | None:
+    """Why NVDEC cannot take `info` (None when it can): codec, chroma, size or container."""
+    if info.codec not in codecs:
+        return f"no {info.codec} on this GPU's NVDEC" if codecs else "no GPU"
+    if info.pix_fmt not in NVDEC_PIX_FMTS:
+        return f"{info.pix_fmt} is not 8-bit 4:2:0"
+    if not nvdec_takes(info.codec, width=info.width, height=info.height):
+        min_w, min_h, max_w, max_h = NVDEC_LIMITS[info.codec]
+        return (
+            f"{info.width}x{info.height} is outside NVDEC's {info.codec} sizes "
+            f"{min_w}x{min_h} to {max_w}x{max_h}"
+        )
+    return _container_refusal(info)
+
+
+def _dali_cpu_refusal(info: VideoInfo) -> str | None:
+    if info.codec not in DALI_CPU_CODECS:
+        return f"DALI's CPU decoder has no {info.codec}"
+    if info.pix_fmt not in DALI_CPU_PIX_FMTS:
+        return f"DALI's CPU decoder is not relied on for {info.pix_fmt}"
+    return _container_refusal(info)
+
+
+def _container_refusal(info: VideoInfo) -> str | None:
+    if info.container == "avi" and info.codec not in INTRA_ONLY_CODECS:
+        return f"{info.codec} in AVI has no presentation timestamps for DALI to number frames by"
+    return None
 
 
 def nvdec_codecs(device: str | None) -> tuple[str, ...]:
@@ -272,7 +328,8 @@ def _demux(container, stream, path: Path):
     try:
         for packet in container.demux(stream):
             ts = packet.pts if packet.pts is not None else packet.dts
-            if packet.size == 0 or ts is None:
+            # a packet the edit list cuts is decoded for reference but never shown
+            if packet.size == 0 or ts is None or getattr(packet, "is_discard", False):
                 continue
             times.append(ts)
             if packet.is_keyframe:

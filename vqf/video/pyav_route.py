@@ -11,6 +11,7 @@ import queue
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -46,14 +47,17 @@ def iter_frames(
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
+            # a stream whose size changes midway is scaled to its first size, the probe's
+            stored = (stream.codec_context.width, stream.codec_context.height)
             for index, frame in enumerate(container.decode(stream)):
                 if counter is not None:
                     counter["decoded"] = index + 1
                 if index != wanted[pos]:
                     continue
-                if size is not None:
+                if size is not None or (frame.width, frame.height) != stored:
+                    width, height = size or stored
                     frame = frame.reformat(
-                        width=size[0], height=size[1], format="rgb24", interpolation=interpolation
+                        width=width, height=height, format="rgb24", interpolation=interpolation
                     )
                 buffer.append(frame.to_ndarray(format="rgb24"))
                 pos += 1
@@ -77,56 +81,172 @@ def decode_all(path: str | Path, frames: np.ndarray) -> np.ndarray:
     return np.concatenate(list(iter_frames(path, frames, chunk=max(1, len(frames)))))
 
 
+class Seeked(NamedTuple):
+    """Frames found by seeking: `frames` (F, H, W, 3), how many the decoder went through, and
+    whether a seek landed where the probe's numbering could not place it (`fell_back`): those
+    frames were then found by decoding forward instead."""
+
+    frames: np.ndarray
+    decoded: int
+    fell_back: bool
+
+
+# A seek that lands late is retried from up to this many earlier keyframes before the video
+# is decoded forward from its start.
+SEEK_RETRIES = 2
+# AVI stores no presentation times: FFmpeg guesses them, and packed B-frames (MPEG-4 Part 2)
+# leave a frame's guess swapped with a neighbour's. There a frame may sit this far from its
+# timestamp's place and still be counted; elsewhere a frame must sit exactly at its tick.
+REORDER_SLACK = 2
+
+
 def seek_frames(
     path: str | Path, frames: np.ndarray, *, pts: np.ndarray, keyframes: np.ndarray
-) -> tuple[np.ndarray, int]:
-    """The frames at display-order indices `frames` (F, H, W, 3), found by seeking.
+) -> Seeked:
+    """The frames at display-order indices `frames`, found by seeking to their keyframes.
 
     Each group of wanted frames that share a keyframe costs one seek and the decode from that
     keyframe to the group's last frame (a few GOPs for a few frames, never the whole video).
     `pts` are the stream's sorted presentation ticks and `keyframes` the display indices a seek
-    can land on (both from the probe). Returns the frames and how many were decoded.
+    can land on (both from the probe). A seek must land on its keyframe's exact tick; from
+    there frames are counted in the order the decoder shows them, as a decode from the start
+    counts them. Where it lands elsewhere (streams whose seeks land a keyframe late, as MPEG
+    program and transport streams do; timestamps in decode order; start offsets), earlier
+    keyframes are tried, and then the rest is decoded forward from the start: the frames are
+    always those `iter_frames` gives, and the video fails only when they are not in the file.
     """
     import av
 
     wanted = np.asarray(frames, dtype=np.int64)
-    order = np.argsort(wanted, kind="stable")
     out: list[np.ndarray | None] = [None] * len(wanted)
-    decoded = 0
-    groups: dict[int, list[int]] = {}
-    for slot in order:
-        key = int(keyframes[max(0, np.searchsorted(keyframes, wanted[slot], side="right") - 1)])
-        groups.setdefault(key, []).append(int(slot))
+    todo: dict[int, list[int]] = {}
+    for slot in np.argsort(wanted, kind="stable"):
+        todo.setdefault(int(wanted[slot]), []).append(int(slot))
+    keys = np.asarray(keyframes, dtype=np.int64)
+    counter = {"decoded": 0}
+    fell_back = False
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
-            for key, slots in groups.items():
-                container.seek(int(pts[key]), stream=stream, backward=True, any_frame=False)
-                last = int(wanted[slots[-1]])
-                todo = {int(wanted[s]): [] for s in slots}
-                for s in slots:
-                    todo[int(wanted[s])].append(s)
-                for frame in container.decode(stream):
-                    decoded += 1
-                    if frame.pts is None:
-                        continue
-                    index = int(np.searchsorted(pts, frame.pts))
-                    if index in todo:
-                        picture = frame.to_ndarray(format="rgb24")
-                        for s in todo.pop(index):
-                            out[s] = picture
-                    if index >= last or not todo:
-                        break
+            stored = (stream.codec_context.width, stream.codec_context.height)
+            fresh = True  # nothing read yet: "seeking" to frame 0 is reading on
+            while todo:
+                first = min(todo)
+                key = int(keys[max(0, np.searchsorted(keys, first, side="right") - 1)])
+                group = {i: s for i, s in todo.items() if i < _next_key(keys, key)}
+                if key == 0 and fresh:
+                    found = _take(container.decode(stream), 0, group, out, counter) or None
+                else:
+                    found = _seek_group(container, stream, key, keys, group, out, pts, counter)
+                fresh = False
+                fell_back = fell_back or not found
+                if found is None:
+                    break
+                for i in group:
+                    todo.pop(i)
+        if todo:
+            with av.open(str(path)) as container:
+                stream = container.streams.video[0]
+                stream.thread_type = "AUTO"
+                _take(container.decode(stream), 0, todo, out, counter)
     except av.error.FFmpegError as e:
         raise _failed(f"{Path(path).name}: FFmpeg stopped while seeking: {e}") from None
     missing = [int(wanted[s]) for s, f in enumerate(out) if f is None]
     if missing:
         raise _failed(
-            f"{Path(path).name}: seeking found no frame {missing[0]} "
-            f"({len(missing)} of {len(wanted)} wanted frames missing)"
+            f"{Path(path).name}: no frame {missing[0]} in the file, decoding forward from the "
+            f"start ({len(missing)} of {len(wanted)} wanted frames missing)"
         )
-    return np.stack(out), decoded
+    frames_out = np.stack([_fit(picture, size=stored) for picture in out])
+    return Seeked(frames_out, counter["decoded"], fell_back)
+
+
+def _fit(picture: np.ndarray, *, size: tuple[int, int]) -> np.ndarray:
+    """`picture` at the stream's first size (width, height): a stream whose size changes
+    midway is scaled to the size the probe read, as the decode route does."""
+    import av
+
+    if (picture.shape[1], picture.shape[0]) == size:
+        return picture
+    frame = av.VideoFrame.from_ndarray(picture, format="rgb24")
+    return frame.reformat(width=size[0], height=size[1]).to_ndarray(format="rgb24")
+
+
+def _next_key(keys: np.ndarray, key: int) -> int:
+    at = int(np.searchsorted(keys, key, side="right"))
+    return int(keys[at]) if at < len(keys) else 1 << 62
+
+
+def _seek_group(container, stream, key, keys, group, out, pts, counter) -> bool | None:
+    """Seeks to keyframe `key` and takes `group`'s frames: True when the seek landed on a
+    keyframe at or before `key`, False when it landed late but a seek to an earlier keyframe
+    (up to SEEK_RETRIES) did not, None when none did or the numbering slipped."""
+    at = int(np.searchsorted(keys, key))
+    for tries, target in enumerate(keys[max(0, at - SEEK_RETRIES) : at + 1][::-1]):
+        container.seek(int(pts[target]), stream=stream, backward=True, any_frame=False)
+        frames = container.decode(stream)
+        landed = _land(frames, int(target), key, keys, pts, counter)
+        if landed is None:
+            continue
+        index, frame = landed
+        slack = REORDER_SLACK if container.format.name == "avi" else 0
+        if not _take(frames, index, group, out, counter, first=frame, pts=pts, slack=slack):
+            return None
+        return tries == 0
+    return None
+
+
+def _land(frames, target: int, key: int, keys: np.ndarray, pts: np.ndarray, counter):
+    """(display index, frame) of the first frame a seek gives when it is a keyframe at or
+    before `key`, found by its exact tick; frames before `target` are lead-in (open-GOP
+    frames that need a picture from before the seek point) and are passed over. Else None."""
+    for frame in frames:
+        counter["decoded"] += 1
+        if frame.pts is None:
+            return None
+        index = int(np.searchsorted(pts, frame.pts))
+        exact = index < len(pts) and pts[index] == frame.pts
+        if exact and index <= key and index in keys:
+            return index, frame
+        if exact and index < target:
+            continue
+        return None
+    return None
+
+
+def _take(frames, index, group, out, counter, *, first=None, pts=None, slack=0) -> bool:
+    """Counts frames from display index `index` in the decoder's order and keeps `group`'s
+    (index -> output slots); with `pts`, a frame whose tick is more than `slack` places from
+    its count means the numbering slipped (timestamps that go back, dropped frames). True when every frame of the group was found."""
+    last = max(group)
+
+    def check(frame, index) -> bool:
+        if pts is None:
+            return True
+        if frame.pts is None:
+            return False
+        return abs(int(np.searchsorted(pts, frame.pts)) - index) <= slack
+
+    stream = frames if first is None else _chain(first, frames)
+    for n, frame in enumerate(stream):
+        if first is None or n > 0:
+            counter["decoded"] += 1
+        if not check(frame, index):
+            return False
+        if index in group:
+            picture = frame.to_ndarray(format="rgb24")
+            for slot in group[index]:
+                out[slot] = picture
+        if index >= last:
+            return True
+        index += 1
+    return False
+
+
+def _chain(first, rest):
+    yield first
+    yield from rest
 
 
 class ChunkProducer:
