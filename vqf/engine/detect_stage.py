@@ -104,7 +104,6 @@ class DetectStage(Stage):
         for job, frames in ready:
             job.roi = merge_crops(crops[id(job)])
             job.frames_decoded += frames.decoded
-            self.engine.stats.add("detect_seek_fallbacks", int(frames.fell_back))
         return [job for job, _ in ready]
 
     def _run(self, det, ready):
