@@ -285,7 +285,8 @@ def format_report(result: dict[str, Any]) -> str:
             f"streaming: decode and models busy at the same time for {s['overlap_s']:.2f} s "
             f"({s['overlap_share']:.0%} of the processing time); frames decoded "
             f"{s['frames_decoded']} for {s['frames_spanned']} spanned by the plans "
-            f"({s['frames_planned']} planned)"
+            f"({s['frames_planned']} planned); detection seeks that fell back to decoding "
+            f"forward: {s['detect_seek_fallbacks']}"
         )
     lines.append(_floors_line(result))
     base = result["baseline"]

@@ -37,6 +37,7 @@ def job_summary(snaps: list[dict[str, Any]]) -> dict[str, Any]:
     out.update(
         succeeded=int(counters.get("succeeded", 0)),
         fallbacks=int(counters.get("fallback_cpu_decode", 0)),
+        seek_fallbacks=int(counters.get("detect_seek_fallbacks", 0)),
         video_hours=video_hours,
         gpu_hours=gpu_hours,
         # per GPU-hour when the job ran on GPUs; on CPU ranks the same ratio per rank-hour
@@ -169,6 +170,7 @@ def summary_table(snaps: list[dict[str, Any]]):
     table.add_row("videos/s", f"{s['videos_per_s']:.2f}")
     table.add_row("ranks", str(s["ranks"]))
     table.add_row("CPU decode fallbacks", str(s["fallbacks"]))
+    table.add_row("detection seek fallbacks", str(s["seek_fallbacks"]))
     if s["video_hours_per_gpu_hour"] is not None:
         table.add_row("video-hours per GPU-hour", f"{s['video_hours_per_gpu_hour']:.2f}")
     elif s["video_hours_per_rank_hour"] is not None:
@@ -196,7 +198,7 @@ def _progress(snaps):
     )
     details = (
         f"    elapsed {_duration(s['elapsed_s'])}   failed {s['failed']}   "
-        f"CPU-decode fallbacks {s['fallbacks']}"
+        f"CPU-decode fallbacks {s['fallbacks']}   seek fallbacks {s['seek_fallbacks']}"
     )
     return Group(grid, Text(details))
 
