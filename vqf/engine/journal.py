@@ -109,7 +109,7 @@ class Journal:
             raise ConfigError(f"engine.max_attempts = {max_attempts} must be at least 1")
         self.path = Path(path)
         self.max_attempts = max_attempts
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # reentrant: a second Ctrl-C settles it from the main thread
         self._in_flight: dict[str, tuple[str, str]] = {}  # key -> (video_id, stage)
         self._crashes = self._replay()
         self._compact()
