@@ -84,12 +84,14 @@ class Decoded:
 
 @dataclass(frozen=True)
 class DetectFrames:
-    """Detection frames (D, 3, S, S) float 0..1 RGB, letterboxed; `indices` are frame numbers."""
+    """Detection frames (D, 3, S, S) float 0..1 RGB, letterboxed; `indices` are frame numbers;
+    `native` the same frames as decoded (D, H, W, 3) uint8, stored orientation, same device."""
 
     frames: object  # torch.Tensor
     indices: np.ndarray
     letterbox: Letterbox
     decoded: int = 0  # frames the decoder went through to reach them
+    native: object = None  # torch.Tensor
 
 
 class VideoPlane:
