@@ -41,7 +41,7 @@ MIN_SIDE = 64  # pixels a side needs for a spectrum
 
 @dataclass(frozen=True)
 class SharpnessOptions:
-    blur_max: float = 0.45  # a score under this marks the video blurry (see the README's table)
+    blur_max: float = 0.5  # a score under this marks the video blurry (see the README's table)
     cutoff_db: float = 10.0  # drop under the low-frequency level where detail ends
 
     def __post_init__(self):
