@@ -140,7 +140,7 @@ def test_sharpness_drops_with_blur_not_with_darkness(judged, device):
         return sharpness.SharpnessFilter(spec=FilterConfig()).detect_decoded([moved])[0]
 
     scores = {d: scored(d).info["sharpness"] for d in ("normal", "blurred", "dark")}
-    assert scores["blurred"]["blurry"] is True and scores["blurred"]["score"] < 0.5
+    assert scores["blurred"]["blurry"] is True and scores["blurred"]["score"] < 0.6
     assert scores["normal"]["blurry"] is False and scores["normal"]["score"] > 0.6
     assert scores["dark"]["blurry"] is False  # contrast-free: a dark picture is not a soft one
     # spatial information (P.910) falls with contrast as well as with blur

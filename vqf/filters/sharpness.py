@@ -7,11 +7,13 @@ uniform edge lines (letterbox bars) trimmed first:
 
 - `si`: ITU-T P.910 spatial information, the spread of the Sobel gradient magnitude, averaged
   over the frames (what FFmpeg's `siti` filter reports as its SI average);
-- `score`: `si` over the spread of luma, so a dark or low-contrast picture keeps its score and
-  a blurred, smeared or upscaled one loses it; `blurry` is `score < blur_max`;
+- `score`: `si` over the spread of luma at a quarter of the size (the picture's contrast,
+  which blur and grain hardly change), so a dark or low-contrast picture keeps its score, a
+  blurred, smeared or upscaled one loses it, and grain adds to it as it adds to SI;
+  `blurry` is `score < blur_max`;
 - `upscale`: the factor the video was enlarged by (1.0 = detail up to the pixel grid), from the
   frequency at which the luma spectrum, whitened by f^2 (natural pictures fall as 1/f^2), first
-  drops `cutoff_db` under its low-frequency level, along rows and along columns: detail that a
+  drops `cutoff_db` under its highest level at lower frequencies, along rows and along columns: detail that a
   video never had stops at 1 / (2 x factor) cycles per pixel. Gaussian blur removes the same
   frequencies and reads as an upscale too.
 """
@@ -41,7 +43,7 @@ MIN_SIDE = 64  # pixels a side needs for a spectrum
 
 @dataclass(frozen=True)
 class SharpnessOptions:
-    blur_max: float = 0.5  # a score under this marks the video blurry (see the README's table)
+    blur_max: float = 0.6  # a score under this marks the video blurry (see the README's table)
     cutoff_db: float = 10.0  # drop under the low-frequency level where detail ends
 
     def __post_init__(self):
@@ -83,7 +85,7 @@ class SharpnessFilter(DetectionFilter):
                 info = {"score": 0.0, "si": 0.0, "upscale": None, "blurry": False, "frames": 0}
                 return DetectResult(info={self.keys["detect"]: info}, crop=None)
             si = sobel_spread(y)
-            ratio = si / y.flatten(1).std(dim=1).clamp_min(FLAT_STD)
+            ratio = si / contrast(y).clamp_min(FLAT_STD)
             score, si_mean = (float(v) for v in torch.stack([ratio.mean(), si.mean()]).cpu())
             upscale = upscale_factor(y, cutoff_db=self.options.cutoff_db)
         info: dict[str, Any] = {
@@ -101,6 +103,15 @@ def luma255(native: torch.Tensor) -> torch.Tensor:
     rgb = native.float()
     r, g, b = LUMA
     return rgb[..., 0] * r + rgb[..., 1] * g + rgb[..., 2] * b
+
+
+def contrast(y: torch.Tensor) -> torch.Tensor:
+    """(D, H, W) -> (D,) luma spread of the picture at a quarter of its size: the contrast of
+    what it shows, which neither blur nor grain changes much."""
+    import torch.nn.functional as F
+
+    pooled = F.avg_pool2d(y.unsqueeze(1), kernel_size=4, ceil_mode=True)
+    return pooled.flatten(1).std(dim=1)
 
 
 def trim_bars(y: torch.Tensor) -> torch.Tensor:
@@ -161,9 +172,11 @@ def cutoff_frequency(y: torch.Tensor, *, cutoff_db: float) -> float:
     )
     db = (10 * torch.log10(levels / levels[:PLATEAU].mean())).cpu().tolist()
     centres = [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:])]
+    top = 0.0  # the highest level so far: drawn edges lift the middle bands over the plateau
     for k in range(PLATEAU, len(db)):
-        if not math.isfinite(db[k]) or db[k] < -cutoff_db:
-            prev = db[k - 1]
-            t = (prev + cutoff_db) / (prev - db[k]) if math.isfinite(db[k]) and prev > db[k] else 0
+        if not math.isfinite(db[k]) or db[k] < top - cutoff_db:
+            prev, floor = db[k - 1], top - cutoff_db
+            t = (prev - floor) / (prev - db[k]) if math.isfinite(db[k]) and prev > db[k] else 0
             return centres[k - 1] + t * (centres[k] - centres[k - 1])
+        top = max(top, db[k])
     return 0.5
