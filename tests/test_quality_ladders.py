@@ -272,6 +272,7 @@ def test_vqf_run_writes_the_measures_and_exposure_follows_brightness(judged, der
     root = Path(__file__).parent.parent
     args = ["run", str(root / "pipelines" / "demo.yaml"), "--tables", str(table_path)]
     args += ["--outputs", str(folder / "out"), "--set", f"storage.cache_dir={folder / 'cache'}"]
+    args += ["--set", "sampling.detect_frames=12"]  # the frames `judge` measured
     for name in ("vfx", "simcam", "rov", "low_quality", "abnormal_region", "motion", "cuts"):
         args += ["--set", f"filters.{name}.enable=false"]
     assert main(args) == 0
