@@ -3,7 +3,8 @@
 The clip the models see is resized to the sampling size, where a 4x upscale or a soft encode
 is invisible; so this filter reads the detection frames at the video's own resolution
 (`DetectFrames.native`, on the decoder's device) and measures, on their luma (0..255), with
-uniform edge lines (letterbox bars) trimmed first:
+uniform edge lines (letterbox bars) trimmed first and frames over 1280 pixels a side measured
+on their centre:
 
 - `si`: ITU-T P.910 spatial information, the spread of the Sobel gradient magnitude, averaged
   over the frames (what FFmpeg's `siti` filter reports as its SI average);
@@ -39,6 +40,7 @@ EDGE_RANGE = 6.0  # an edge line whose luma varies less than this on every frame
 BANDS = (0.02, 0.5, 0.025)  # whitened-spectrum bands: first edge, last edge, width (cycles/px)
 PLATEAU = 3  # bands that give the low-frequency level
 MIN_SIDE = 64  # pixels a side needs for a spectrum
+MAX_SIDE = 1280  # a larger frame is measured on its centre, at its own resolution (cost)
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,7 @@ class SharpnessFilter(DetectionFilter):
         import torch
 
         with torch.inference_mode():
-            y = trim_bars(luma255(native))
+            y = trim_bars(luma255(centre(native, side=MAX_SIDE)))
             spread = y.flatten(1).std(dim=1)
             y = y[spread >= FLAT_STD]
             if len(y) == 0 or min(y.shape[1:]) < 3:
@@ -98,11 +100,19 @@ class SharpnessFilter(DetectionFilter):
         return DetectResult(info={self.keys["detect"]: info}, crop=None)
 
 
+def centre(native: torch.Tensor, *, side: int) -> torch.Tensor:
+    """(D, H, W, C) -> the centred window of at most `side` x `side` pixels (a view)."""
+    h, w = native.shape[1:3]
+    top, left = max(0, (h - side) // 2), max(0, (w - side) // 2)
+    return native[:, top : top + min(h, side), left : left + min(w, side)]
+
+
 def luma255(native: torch.Tensor) -> torch.Tensor:
     """(D, H, W, 3) uint8 RGB -> (D, H, W) float32 BT.601 luma, 0..255."""
-    rgb = native.float()
-    r, g, b = LUMA
-    return rgb[..., 0] * r + rgb[..., 1] * g + rgb[..., 2] * b
+    import torch
+
+    weights = torch.tensor(LUMA, device=native.device)
+    return native.float() @ weights
 
 
 def contrast(y: torch.Tensor) -> torch.Tensor:
@@ -116,30 +126,26 @@ def contrast(y: torch.Tensor) -> torch.Tensor:
 
 def trim_bars(y: torch.Tensor) -> torch.Tensor:
     """`y` without the edge lines that are flat on every frame (bars), at most 45% a side."""
-    import torch
+    h, w = y.shape[1:]
+    flat_rows = (y.amax(dim=(0, 2)) - y.amin(dim=(0, 2))) < EDGE_RANGE  # (H,)
+    flat_cols = (y.amax(dim=(0, 1)) - y.amin(dim=(0, 1))) < EDGE_RANGE  # (W,)
 
-    def flat_run(lines: torch.Tensor) -> int:  # lines: (L, ...) from the edge inwards
-        flat = (lines.flatten(1).amax(dim=1) - lines.flatten(1).amin(dim=1)) < EDGE_RANGE
+    def run(flat) -> int:  # leading flat lines
         return int(flat.long().cumprod(dim=0).sum())
 
-    h, w = y.shape[1:]
-    rows, cols = y.transpose(0, 1), y.permute(2, 0, 1)
-    top = min(flat_run(rows), int(0.45 * h))
-    bottom = min(flat_run(torch.flip(rows, dims=(0,))), int(0.45 * h))
-    left = min(flat_run(cols), int(0.45 * w))
-    right = min(flat_run(torch.flip(cols, dims=(0,))), int(0.45 * w))
+    top, bottom = min(run(flat_rows), int(0.45 * h)), min(run(flat_rows.flip(0)), int(0.45 * h))
+    left, right = min(run(flat_cols), int(0.45 * w)), min(run(flat_cols.flip(0)), int(0.45 * w))
     return y[:, top : h - bottom, left : w - right]
 
 
 def sobel_spread(y: torch.Tensor) -> torch.Tensor:
-    """(D, H, W) luma -> (D,) standard deviation of the Sobel gradient magnitude (P.910 SI)."""
-    import torch
-    import torch.nn.functional as F
-
-    kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], device=y.device)
-    kernels = torch.stack([kx, kx.t()]).unsqueeze(1)
-    grad = F.conv2d(y.unsqueeze(1), kernels)  # valid: no made-up border pixels
-    return grad.pow(2).sum(dim=1).sqrt().flatten(1).std(dim=1)
+    """(D, H, W) luma -> (D,) standard deviation of the Sobel gradient magnitude (P.910 SI),
+    over the pixels with all eight neighbours (no made-up border pixels)."""
+    across = y[:, :, 2:] - y[:, :, :-2]
+    gx = across[:, :-2] + 2 * across[:, 1:-1] + across[:, 2:]
+    down = y[:, 2:] - y[:, :-2]
+    gy = down[:, :, :-2] + 2 * down[:, :, 1:-1] + down[:, :, 2:]
+    return (gx.square() + gy.square()).sqrt().flatten(1).std(dim=1)
 
 
 def upscale_factor(y: torch.Tensor, *, cutoff_db: float) -> float | None:
@@ -166,10 +172,13 @@ def cutoff_frequency(y: torch.Tensor, *, cutoff_db: float) -> float:
     freq = torch.fft.rfftfreq(n, device=y.device)
     white = power * freq.pow(2)
     first, last, width = BANDS
-    edges = [first + i * width for i in range(round((last - first) / width) + 1)]
-    levels = torch.stack(
-        [white[(freq >= a) & (freq < b)].mean() for a, b in zip(edges[:-1], edges[1:])]
-    )
+    count = round((last - first) / width)
+    edges = [first + i * width for i in range(count + 1)]
+    band = ((freq - first) / width).floor().long()
+    inside = (band >= 0) & (band < count)
+    sums = torch.zeros(count, device=y.device).index_add_(0, band[inside], white[inside])
+    bins = torch.bincount(band[inside], minlength=count).clamp_min(1)
+    levels = sums / bins
     db = (10 * torch.log10(levels / levels[:PLATEAU].mean())).cpu().tolist()
     centres = [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:])]
     top = 0.0  # the highest level so far: drawn edges lift the middle bands over the plateau
