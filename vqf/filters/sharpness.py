@@ -46,7 +46,7 @@ MAX_SIDE = 1280  # a larger frame is measured on its centre, at its own resoluti
 @dataclass(frozen=True)
 class SharpnessOptions:
     blur_max: float = 0.6  # a score under this marks the video blurry (see the README's table)
-    cutoff_db: float = 9.0  # drop under the low-frequency level where detail ends
+    cutoff_db: float = 9.0  # drop under the spectrum's peak so far where detail ends
 
     def __post_init__(self):
         check_range("sharpness", "blur_max", self.blur_max, high=8.0)
