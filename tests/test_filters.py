@@ -21,6 +21,7 @@ from vqf.filters import (
 from vqf.filters.safe_crop import safe_crop
 from vqf.models.bank import ModelBank
 from vqf.video.geometry import Letterbox
+from vqf.video.plane import DetectFrames
 
 SIZE, FRAMES, DETECT = 32, 8, 64
 WINDOWS = [(0.0, 4.0), (3.0, 7.0), (6.0, 8.5)]
@@ -61,9 +62,14 @@ def test_every_filter_runs_on_tiny_input(name, bank):
     if "frames" in f.reads:
         pytest.skip("weight-free frame filter: it reads decoded frames, not model inputs")
     if isinstance(f, DetectionFilter):
-        frames = torch.rand(2, 3, DETECT, DETECT, generator=torch.Generator().manual_seed(0))
+        gen = torch.Generator().manual_seed(0)
+        frames = torch.rand(2, 3, DETECT, DETECT, generator=gen)
+        native = torch.randint(0, 256, (2, 54, 96, 3), generator=gen, dtype=torch.uint8)
         letterbox = Letterbox.fit(width=96, height=54, size=DETECT)
-        result = f.detect(frames, letterbox=letterbox)
+        detected = DetectFrames(
+            frames=frames, indices=np.arange(2), letterbox=letterbox, native=native
+        )
+        result = f.detect_decoded([detected])[0]
         assert set(result.info) == set(f.keys.values())
         if hasattr(f, "detector"):
             for box in result.info[f.keys["detect"]]:

@@ -26,7 +26,6 @@ SAMPLING = {
 SECONDS = {"cuts": 3.0}
 FRAME_FILTERS = (
     motion.MotionFilter,
-    sharpness.SharpnessFilter,
     exposure.ExposureFilter,
     cuts.CutsFilter,
 )
@@ -39,7 +38,8 @@ def recipe() -> Recipe:
 
 @pytest.fixture(scope="module")
 def judged(tmp_path_factory, recipe):
-    """defect -> (borders result, decoded video with the borders crop, decoded without)."""
+    """defect -> (borders result, decoded video with the borders crop, decoded without,
+    detection frames)."""
     from vqf.ops.samples import DEFECTS, make_sample
     from vqf.video import Roi
     from vqf.video.plane import VideoPlane
@@ -60,7 +60,7 @@ def judged(tmp_path_factory, recipe):
         )
         roi = Roi(*result.crop) if result.crop else None
         cropped, whole = plane.decode([prepared, prepared], rois=[roi, None])
-        out[defect] = (result, cropped, whole)
+        out[defect] = (result, cropped, whole, det)
     plane.close()
     return out
 
@@ -87,7 +87,7 @@ def top_row_luma(decoded, recipe) -> float:
 
 
 def test_borders_measure_the_letterbox_bars_and_crop_them_away(judged, recipe):
-    result, cropped, whole = judged["letterboxed"]
+    result, cropped, whole, _ = judged["letterboxed"]
     bars = result.info["borders"]
     assert abs(bars["top"] - 20) <= 3 and abs(bars["bottom"] - 20) <= 3, bars  # 20 px of 120
     assert bars["left"] == 0 and bars["right"] == 0
@@ -133,15 +133,19 @@ def test_motion_calls_a_still_image_static(judged, recipe, device):
     assert moving["segments"]["0"]["score"] > 0.02
 
 
-def test_sharpness_drops_with_blur_not_with_darkness(judged, recipe, device):
-    scores = {
-        d: measure(judged, recipe, d, device)["sharpness"] for d in ("normal", "blurred", "dark")
-    }
-    assert scores["blurred"]["blurry"] is True and scores["blurred"]["score"] < 0.15
-    assert scores["normal"]["blurry"] is False and scores["normal"]["score"] > 0.3
+def test_sharpness_drops_with_blur_not_with_darkness(judged, device):
+    def scored(defect):
+        det = judged[defect][3]
+        moved = dataclasses.replace(det, native=det.native.to(device))
+        return sharpness.SharpnessFilter(spec=FilterConfig()).detect_decoded([moved])[0]
+
+    scores = {d: scored(d).info["sharpness"] for d in ("normal", "blurred", "dark")}
+    assert scores["blurred"]["blurry"] is True and scores["blurred"]["score"] < 0.6
+    assert scores["normal"]["blurry"] is False and scores["normal"]["score"] > 0.6
     assert scores["dark"]["blurry"] is False  # contrast-free: a dark picture is not a soft one
-    # the classic variance of the Laplacian falls with contrast as well as with blur
-    assert scores["dark"]["laplacian_var"] < scores["normal"]["laplacian_var"] / 10
+    # spatial information (P.910) falls with contrast as well as with blur
+    assert scores["dark"]["si"] < scores["normal"]["si"] / 3, scores
+    assert scored("normal").crop is None
 
 
 def test_exposure_tells_a_dark_video(judged, recipe, device):
@@ -169,6 +173,7 @@ def test_weight_free_filters_are_registered_without_models():
         assert cls.__module__ == f"vqf.filters.{name}"
         assert cls(spec=FilterConfig()).model_name == ""
     assert "detect" in borders.BordersFilter.reads  # the engine runs it before the main decode
+    assert "detect" in sharpness.SharpnessFilter.reads  # it reads the frames as decoded
 
 
 def test_bad_options_and_models_are_config_errors():

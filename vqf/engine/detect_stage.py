@@ -112,7 +112,7 @@ class DetectStage(Stage):
         if not ready:
             return []
         try:
-            results = det.detect_many([(f.frames, f.letterbox) for _, f in ready])
+            results = det.detect_decoded([f for _, f in ready])
             return list(zip(ready, results, strict=True))
         except Exception as e:
             if len(ready) == 1:

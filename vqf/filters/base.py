@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
     from vqf.models.bank import ModelBank
     from vqf.video.geometry import Letterbox
+    from vqf.video.plane import DetectFrames
 
 CLIP_KINDS = ("whole", "segment", "inverse")
 
@@ -143,6 +144,11 @@ class DetectionFilter(Filter):
     def detect_many(self, videos: list[tuple[torch.Tensor, Letterbox]]) -> list[DetectResult]:
         """`detect` for several videos; a filter with a model overrides it to make one call."""
         return [self.detect(frames, letterbox=letterbox) for frames, letterbox in videos]
+
+    def detect_decoded(self, videos: list[DetectFrames]) -> list[DetectResult]:
+        """What the detect stage calls with each video's `vqf.video.plane.DetectFrames`; a filter
+        that measures the frames as decoded (`DetectFrames.native`) overrides it."""
+        return self.detect_many([(v.frames, v.letterbox) for v in videos])
 
 
 FILTERS: Registry[type[Filter]] = Registry("filter")

@@ -5,7 +5,10 @@ card) is skipped, and so is one that its own bars would leave less than `min_are
 black title card with a line of text): either would pass for bars from edge to edge. On each
 remaining frame a bar is the run of lines from an edge that keep to the edge line's colour
 within `tolerance`, and a few lines more where the codec rings into it next to the picture; the video's bar on a side is the size at least
-`agree` of those frames show, in the same colour on all of them. When every frame is
+`agree` of those frames show, in the same colour on all of them, ending at that size on at
+least half of them at a straight edge: the line past it differs from the bar along at least
+`edge_share` of its length (median over those frames). A dark scene, a night sky or a black
+background with something in it ends its dark run along a ragged line, so it is no bar. When every frame is
 uniform the video is `blank`. The crop keeps what the bars leave, so the main decode reads
 the picture only. Sizes are in displayed-frame pixels.
 """
@@ -38,9 +41,11 @@ class BordersOptions:
     margin: float = 0.02  # the crop reaches this share of the side past a bar: edges bleed
     flat_level: float = 0.02  # a frame whose colour spread (0..1) is under this shows nothing
     agree: float = 0.8  # share of the picture frames that must show a bar
+    edge_share: float = 0.1  # share of the line past a bar that must differ from it
 
     def __post_init__(self):
-        for key in ("tolerance", "min_size", "min_area", "dark_level", "margin", "flat_level"):
+        keys = ("tolerance", "min_size", "min_area", "dark_level", "margin", "flat_level")
+        for key in (*keys, "edge_share"):
             check_range("borders", key, getattr(self, key))
         check_range("borders", "agree", self.agree, low=0.5)
 
@@ -73,7 +78,9 @@ class BordersFilter(DetectionFilter):
             spread = picture.flatten(2).std(dim=2, correction=0).amax(dim=1)
             shown = picture[spread >= opts.flat_level]
             reach = math.ceil(RING_PX * pic_h / disp_h)  # in detection-frame lines
-            runs = edge_runs(shown, tolerance=opts.tolerance, reach=reach).cpu().tolist()
+            runs_t = edge_runs(shown, tolerance=opts.tolerance, reach=reach)
+            edges = edge_shares(shown, runs_t, tolerance=opts.tolerance).cpu().tolist()
+            runs = runs_t.cpu().tolist()
             colours = edge_colours(shown).cpu().tolist()  # (F, 4, 3)
         if not runs:  # nothing but flat frames: a blank video has no bars, nothing to crop to
             return self._result(dict.fromkeys(SIDES, 0), None, disp_w, disp_h, blank=True)
@@ -87,7 +94,15 @@ class BordersFilter(DetectionFilter):
         for s, side in enumerate(SIDES):
             size = agreed([runs[k][s] for k in pictures], share=opts.agree)
             held = [colours[k][s] for k in pictures if runs[k][s] >= size]
-            if size >= max(1, opts.min_size * spans[s]) and steady(held, opts.tolerance):
+            # a bar ends at the same line on most frames, at a straight edge of the picture;
+            # a dark scene's run ends wherever something lit is, along a ragged line
+            ending = [edges[k][s] for k in pictures if size <= runs[k][s] <= size + reach + 2]
+            straight = 2 * len(ending) >= len(pictures) and median(ending) >= opts.edge_share
+            if (
+                size >= max(1, opts.min_size * spans[s])
+                and steady(held, opts.tolerance)
+                and straight
+            ):
                 bars[side] = size
         bar_colour = None
         if any(bars.values()):
@@ -142,6 +157,34 @@ def edge_runs(frames, *, tolerance: float, reach: int = 0):
         ],
         dim=1,
     )
+
+
+def edge_shares(frames, runs, *, tolerance: float):
+    """(F, 3, H, W), (F, 4) runs -> (F, 4): per frame and side, the share of the first line
+    past the run whose colour differs from the edge line's by more than `tolerance`."""
+    import torch
+
+    f, _, h, w = frames.shape
+    out = torch.zeros((f, 4), device=frames.device)
+    for k in range(f):
+        for s, (dim, flip) in enumerate(((1, False), (1, True), (2, False), (2, True))):
+            view = frames[k].flip(dim) if flip else frames[k]
+            at = int(runs[k, s])
+            if at >= view.shape[dim]:
+                continue
+            edge = view.select(dim, 0).mean(dim=1, keepdim=True)  # (3, 1)
+            line = view.select(dim, at)  # (3, L)
+            out[k, s] = ((line - edge).abs().amax(dim=0) > tolerance).float().mean()
+    return out
+
+
+def median(values: list[float]) -> float:
+    """The median of `values` (0 when there are none)."""
+    if not values:
+        return 0.0
+    ranked = sorted(values)
+    mid = len(ranked) // 2
+    return ranked[mid] if len(ranked) % 2 else (ranked[mid - 1] + ranked[mid]) / 2
 
 
 def edge_colours(frames):

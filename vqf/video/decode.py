@@ -133,8 +133,10 @@ def decode_detect(plane: VideoPlane, prepared: Prepared) -> DetectFrames:
             inputs["raw"], decoded, fell_back = seek_frames(
                 prepared.path, indices, pts=info.pts, keyframes=info.keyframes
             )
-        out = run_pipeline(plane.pipeline(route, "detect"), {k: [v] for k, v in inputs.items()})
-        frames = to_torch(out, 0)
+        boxed, native = run_pipeline(
+            plane.pipeline(route, "detect"), {k: [v] for k, v in inputs.items()}
+        )
+        frames, native = to_torch(boxed, 0), to_torch(native, 0)
     except VideoError as e:
         raise VideoError(e.type, e.message, stage=Stage.DETECT, hint=e.hint) from None
     except Exception as e:  # DALI raises RuntimeError for anything its operators reject
@@ -142,7 +144,12 @@ def decode_detect(plane: VideoPlane, prepared: Prepared) -> DetectFrames:
         raise _failed(prepared, e, stage=Stage.DETECT) from None
     _check_count(prepared, frames, len(indices), stage=Stage.DETECT)
     return DetectFrames(
-        frames=frames, indices=indices, letterbox=letterbox, decoded=decoded, fell_back=fell_back
+        frames=frames,
+        indices=indices,
+        letterbox=letterbox,
+        decoded=decoded,
+        fell_back=fell_back,
+        native=native,
     )
 
 

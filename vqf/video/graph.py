@@ -7,7 +7,9 @@ FFmpeg already decoded on the CPU. On a GPU rank every source moves to the GPU b
 head, so all routes share one definition of preprocessing. A *head*
 turns them into model input: `clip` crops the region of interest and resizes to the clip size,
 applies the display rotation, and normalises to FCHW (FP16 on GPU, float32 on CPU); `detect`
-letterboxes to detect_size x detect_size as float 0..1 FCHW. Rotation runs after the resize,
+letterboxes to detect_size x detect_size as float 0..1 FCHW, and also hands out the same frames
+as decoded (uint8 FHWC, stored orientation, on the pipeline's device) for measures of detail
+at the decoded resolution. Rotation runs after the resize,
 on the small picture: a quarter turn commutes with resizing, so the result equals rotating
 first, at a fraction of the cost. The ROI is mapped into stored-frame coordinates to match.
 
@@ -52,18 +54,21 @@ def build_pipeline(
     gpu = device_id is not None
     with pipe:
         frames = _source(source, gpu=gpu)
-        out = _clip_head(frames, sampling, gpu=gpu) if head == "clip" else _detect_head(frames)
-        pipe.set_outputs(out)
+        if head == "clip":
+            pipe.set_outputs(_clip_head(frames, sampling, gpu=gpu))
+        else:  # the letterboxed frames, and the same frames as decoded for measures of detail
+            pipe.set_outputs(_detect_head(frames), frames)
     pipe.build()
     return pipe
 
 
 def run_pipeline(pipe, inputs: dict[str, list[np.ndarray]]):
-    """Feeds one batch (the same number of samples under every name) and runs it."""
+    """Feeds one batch (the same number of samples under every name) and runs it: the output,
+    or a tuple of them for a head with several (detect)."""
     for name, batch in inputs.items():
         pipe.feed_input(name, batch)
-    (out,) = pipe.run()
-    return out
+    outs = pipe.run()
+    return outs[0] if len(outs) == 1 else outs
 
 
 def to_torch(batch, index: int):

@@ -84,13 +84,15 @@ class Decoded:
 
 @dataclass(frozen=True)
 class DetectFrames:
-    """Detection frames (D, 3, S, S) float 0..1 RGB, letterboxed; `indices` are frame numbers."""
+    """Detection frames (D, 3, S, S) float 0..1 RGB, letterboxed; `indices` are frame numbers;
+    `native` the same frames as decoded (D, H, W, 3) uint8, stored orientation, same device."""
 
     frames: object  # torch.Tensor
     indices: np.ndarray
     letterbox: Letterbox
     decoded: int = 0  # frames the decoder went through to reach them
     fell_back: bool = False  # a seek landed off the plan's numbering: decoded forward instead
+    native: object = None  # torch.Tensor: the decoded frames at their own size (detail measures)
 
 
 class VideoPlane:
