@@ -72,6 +72,10 @@ class Stage:
         """`worker` was abandoned past the deadline (its videos already have TIMEOUT rows):
         settle what it owned, so the fresh worker starts clean."""
 
+    def ends_batch(self, item: Any) -> bool:
+        """True for an item after which the worker takes no more into this batch."""
+        return False
+
     def jobs_of(self, item: Any) -> list:
         """The videos an inbox item belongs to (their rows are failed if it breaks)."""
         return [item]
@@ -193,6 +197,8 @@ class Worker:
                 stage.inbox.put(END)
                 break
             batch.append(item)
+            if stage.ends_batch(item):
+                break
         return batch
 
     def _work(self, items: list) -> None:

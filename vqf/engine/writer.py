@@ -21,6 +21,7 @@ from vqf.engine.runtime import Stage, Worker
 from vqf.errors import Stage as ErrorStage
 
 log = logging.getLogger(__name__)
+_FLUSH = (None, None)  # `sync`'s marker: write the group now, however young
 
 
 class Writer(Stage):
@@ -67,8 +68,13 @@ class Writer(Stage):
                 continue
         return False
 
+    def ends_batch(self, item) -> bool:
+        return item is _FLUSH
+
     def sync(self) -> bool:
-        """Waits until every record put so far is durable; False if the writer stopped."""
+        """Writes every record put so far now and waits until they are durable; False if the
+        writer stopped."""
+        put(self.inbox, _FLUSH, alive=lambda: not self.dead.is_set())
         with self._counts:
             want = self._put
             while self._written < want and not self.dead.is_set():
@@ -85,6 +91,9 @@ class Writer(Stage):
     def process(self, worker: Worker, items: list) -> None:
         from vqf.faults import fault_point
 
+        items = [item for item in items if item is not _FLUSH]
+        if not items:
+            return
         records = [record for record, _ in items]
         ids = ",".join(str(r.get("video_id", "")) for r in records)
         for record in records:
