@@ -40,6 +40,52 @@ def test_chunked_decode_gives_the_frames_of_one_pass(video_factory, codec, route
     assert (a.frames - b).abs().max().item() < 1e-4
 
 
+def test_a_dali_route_decodes_each_frame_of_the_span_once(video_factory):
+    """The file goes to DALI once per video and is decoded front to back: the decoder goes
+    through the span up to the last planned frame once (at most one run past it), however
+    small the chunks, where feeding the file per chunk re-decoded from a keyframe each time."""
+    path = video_factory(codec="vp9", width=64, height=48, seconds=6, fps=20, gop=40)
+    sparse = SamplingConfig(height=32, width=40, whole_frames=6, window_frames=4, dense_fps=0)
+    small = VideoPlane(
+        recipe=Recipe(sampling=sparse, decode=DecodeConfig(chunk_frames=4)), device="cpu"
+    )
+    prepared = small.prepare(path, uri=str(path))
+    frames = prepared.plan.frames
+    assert prepared.route == "dali-cpu" and len(frames) < frames[-1] // 2  # a sparse plan
+    counter = {}
+    chunks = list(small.stream(prepared, counter=counter))
+    assert frames[-1] + 1 <= counter["decoded"] <= frames[-1] + 4
+    assert all(0 < len(c.frames) <= 4 for c in chunks)
+    assert [c.start for c in chunks] == sorted({c.start for c in chunks})
+    one_pass = VideoPlane(
+        recipe=Recipe(sampling=sparse, decode=DecodeConfig(chunk_frames=10_000)), device="cpu"
+    )
+    (whole,) = one_pass.decode([prepared])
+    assert torch.equal(torch.cat([c.frames for c in chunks]), whole.frames)
+
+
+def test_a_lane_left_half_way_through_a_video_gives_the_next_video_its_own_frames(
+    video_factory,
+):
+    """A DALI route's pipeline keeps a video's bytes between runs: a video abandoned half way
+    (its consumer closed the stream) must not hand its remaining frames to the next one."""
+    first = video_factory(codec="vp9", width=64, height=48, seconds=4, seed=1)
+    second = video_factory(codec="vp9", width=64, height=48, seconds=3, seed=2)
+    lane = plane(chunk_frames=4)
+    a, b = (lane.prepare(v, uri=str(v)) for v in (first, second))
+    (want_a,) = plane(chunk_frames=4).decode([a])
+    (want_b,) = plane(chunk_frames=4).decode([b])
+    (got_a,) = lane.decode([a])  # read to its end: the pipeline is reused for the next
+    chunks = lane.stream(b)
+    next(chunks)
+    chunks.close()  # abandoned after one chunk
+    (got_a_again,) = lane.decode([a])
+    (got_b,) = lane.decode([b])
+    assert torch.equal(got_a.frames, want_a.frames)
+    assert torch.equal(got_a_again.frames, want_a.frames)
+    assert torch.equal(got_b.frames, want_b.frames)
+
+
 def test_clips_assembled_from_chunks_equal_the_gathered_clips(video_factory):
     path = video_factory(codec="vp9", width=64, height=48, seconds=9)
     p = plane(chunk_frames=5)

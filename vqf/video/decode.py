@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from vqf.errors import ErrorType, Stage, VideoError
-from vqf.video.graph import clip_inputs, detect_inputs, run_pipeline, to_torch
+from vqf.video.graph import clip_inputs, detect_inputs, run_outputs, run_pipeline, to_torch
 
 if TYPE_CHECKING:
     from vqf.video.plane import Decoded, DetectFrames, Prepared, Roi, VideoPlane
@@ -38,10 +38,12 @@ def stream(
     """The plan's frames through the clip head in sorted chunks of at most decode.chunk_frames.
 
     Every planned frame is decoded once; only one chunk (and, on the pyav route, the next one
-    FFmpeg is decoding) is in memory at a time. `counter["decoded"]` counts the frames the
-    decoder went through: on the pyav route FFmpeg's own count, on DALI routes the span from
-    each chunk's keyframe to its last frame (DALI seeks to the keyframe before each chunk).
-    Raises VideoError; a DALI failure rebuilds the pipeline first (DALI invalidates it).
+    FFmpeg is decoding) is in memory at a time. On DALI routes the video's bytes go to the
+    lane's decoder once and are decoded front to back, chunk_frames frames a run, so the cost
+    grows with the video's length and not with its square. `counter["decoded"]` counts the
+    frames the decoder went through (FFmpeg's count on the pyav route, the runs' frames on
+    DALI routes). Raises VideoError; a DALI failure rebuilds the pipeline first (DALI
+    invalidates it).
     """
     counter = counter if counter is not None else {}
     counter.setdefault("decoded", 0)
@@ -50,14 +52,7 @@ def stream(
     geometry = _geometry(plane, prepared, roi)
     route = prepared.route
     if route in DALI_ROUTES:
-        data = _encoded(prepared, frames)["encoded"]
-        keyframes = prepared.info.keyframes
-        for start in range(0, len(frames), chunk):
-            wanted = np.asarray(frames[start : start + chunk], dtype=np.int32)
-            out = _run_one(plane, route, prepared, {"encoded": data, "frames": wanted, **geometry})
-            counter["decoded"] += int(wanted[-1]) - _keyframe_before(keyframes, wanted[0]) + 1
-            _check_count(prepared, out, len(wanted), stage=Stage.DECODE)
-            yield Chunk(start=start, frames=out)
+        yield from _stream_dali(plane, prepared, geometry, chunk=chunk, counter=counter)
         return
     from vqf.video.pyav_route import DONE, ChunkProducer, shrink_size
 
@@ -86,6 +81,55 @@ def stream(
         producer.close()
     if start != len(frames):
         raise _failed(prepared, RuntimeError(f"decoded {start} of {len(frames)} planned frames"))
+
+
+def _stream_dali(plane, prepared: Prepared, geometry: dict, *, chunk: int, counter: dict):
+    """The DALI routes' stream: one feed of the file, then one run per `chunk` frames of it.
+
+    Run r decodes frames r * chunk .. r * chunk + chunk - 1 and keeps the planned ones; a run
+    that holds none keeps its first frame and drops it (a selection may not be empty). The
+    lane's pipeline is reused by its next video only once this one has run to its end (a
+    short run); a video left half-read costs a fresh pipeline instead (a few milliseconds).
+    """
+    route, frames = prepared.route, prepared.plan.frames
+    pipe = plane.stream_pipeline(route)
+    try:
+        pipe.feed_input("encoded", [_encoded(prepared, frames)["encoded"]])
+    except Exception as e:
+        plane.rebuild(route, "clip")
+        raise _failed(prepared, e) from None
+    done, base, ended = 0, 0, False
+    while done < len(frames) and not ended:
+        stop = int(np.searchsorted(frames, base + chunk, side="left"))
+        wanted = np.asarray(frames[done:stop] - base, dtype=np.int32)
+        pick = wanted if len(wanted) else np.zeros(1, np.int32)
+        sample = {"pick": pick, **geometry}
+        try:
+            out, sequence = run_outputs(pipe, {k: [v] for k, v in sample.items()})
+            read = int(sequence.shape()[0][0])
+            picked = to_torch(out, 0)
+        except Exception as e:
+            plane.rebuild(route, "clip")
+            raise _failed(prepared, e) from None
+        del sequence  # the run's full-size frames: only their count was needed
+        counter["decoded"] += read
+        ended = read < chunk
+        if ended:
+            plane.stream_ended(route)  # DALI let go of the video: the next one can follow
+        if len(wanted) and read <= int(wanted[-1]):
+            break
+        if len(wanted):
+            _check_count(prepared, picked, len(wanted), stage=Stage.DECODE)
+            yield Chunk(start=done, frames=picked)
+        done, base = stop, base + chunk
+    if done < len(frames):
+        raise _failed(
+            prepared,
+            RuntimeError(
+                f"the stream ended after {counter['decoded']} frames, before planned frame "
+                f"{int(frames[done])} ({done} of {len(frames)} planned frames decoded)"
+            ),
+        )
 
 
 def decode_batch(

@@ -1,9 +1,13 @@
 """DALI graphs: decode (or take raw frames), rotate, crop, resize, normalise.
 
 Small pipelines, one per (route, head), share two heads. A *source* gives uint8 frames
-(F, H, W, C) as stored in the file: `nvdec` and `dali-cpu` run `fn.decoders.video` on the
-file's bytes with `frames=` the plan's union (device "mixed" or "cpu"); `pyav` takes frames
-FFmpeg already decoded on the CPU. On a GPU rank every source moves to the GPU before the
+(F, H, W, C) as stored in the file. On `nvdec` and `dali-cpu` (device "mixed" or "cpu") the
+clip head streams: `fn.experimental.inputs.video` takes a video's bytes once and each run
+decodes the next `stream_frames` consecutive frames, of which `pick` (positions in that
+run's sequence) go on to the head, so a video of any length is parsed once and decoded once,
+front to back, in bounded memory. The detect head runs `fn.decoders.video` once per video with
+`frames=` the few detection frames (it seeks to them). `pyav` takes frames FFmpeg already
+decoded on the CPU. On a GPU rank every source moves to the GPU before the
 head, so all routes share one definition of preprocessing. A *head*
 turns them into model input: `clip` crops the region of interest and resizes to the clip size,
 applies the display rotation, and normalises to FCHW (FP16 on GPU, float32 on CPU); `detect`
@@ -26,6 +30,7 @@ from vqf.video.geometry import LETTERBOX_FILL, Letterbox, displayed_size, stored
 
 Source = Literal["nvdec", "dali-cpu", "pyav"]
 Head = Literal["clip", "detect"]
+STREAMING = ("nvdec", "dali-cpu")  # sources whose clip head streams the video's bytes
 
 
 def build_pipeline(
@@ -36,8 +41,11 @@ def build_pipeline(
     batch_size: int,
     device_id: int | None,
     num_threads: int = 2,
+    stream_frames: int = 64,
 ):
-    """Builds one pipeline; `device_id=None` keeps everything on the CPU."""
+    """Builds one pipeline; `device_id=None` keeps everything on the CPU. A streaming source
+    (a DALI route's clip head) has two outputs: the head's, and the run's decoded sequence,
+    read for its length only (a run shorter than `stream_frames` ends the video)."""
     from nvidia.dali import Pipeline
 
     pipe = Pipeline(
@@ -51,19 +59,28 @@ def build_pipeline(
     )
     gpu = device_id is not None
     with pipe:
-        frames = _source(source, gpu=gpu)
-        out = _clip_head(frames, sampling, gpu=gpu) if head == "clip" else _detect_head(frames)
-        pipe.set_outputs(out)
+        if head == "clip" and source in STREAMING:
+            frames, sequence = _stream_source(source, gpu=gpu, length=stream_frames)
+            pipe.set_outputs(_clip_head(frames, sampling, gpu=gpu), sequence)
+        else:
+            frames = _source(source, gpu=gpu)
+            out = _clip_head(frames, sampling, gpu=gpu) if head == "clip" else _detect_head(frames)
+            pipe.set_outputs(out)
     pipe.build()
     return pipe
 
 
 def run_pipeline(pipe, inputs: dict[str, list[np.ndarray]]):
-    """Feeds one batch (the same number of samples under every name) and runs it."""
+    """Feeds one batch (the same number of samples under every name) and runs it; the head's
+    output (use `run_outputs` for a pipeline with more than one)."""
+    return run_outputs(pipe, inputs)[0]
+
+
+def run_outputs(pipe, inputs: dict[str, list[np.ndarray]]) -> tuple:
+    """Feeds one batch and runs it; every output of the pipeline."""
     for name, batch in inputs.items():
         pipe.feed_input(name, batch)
-    (out,) = pipe.run()
-    return out
+    return tuple(pipe.run())
 
 
 def to_torch(batch, index: int):
@@ -91,6 +108,27 @@ def _source(source: Source, *, gpu: bool):
             encoded, frames=indices, device=decoder, pad_mode="none", **options
         )
     return frames.gpu() if gpu and source != "nvdec" else frames
+
+
+def _stream_source(source: Source, *, gpu: bool, length: int):
+    """A video fed once as `encoded`; each run decodes its next `length` frames (fewer at the
+    end) and keeps those at positions `pick`. Returns (picked frames, the run's sequence)."""
+    from nvidia.dali import fn, types
+
+    decoder = "mixed" if source == "nvdec" else "cpu"
+    # affine=False: several pipelines and ranks share the host's cores, none pins them
+    options = {"affine": False} if decoder == "mixed" else {}
+    sequence = fn.experimental.inputs.video(
+        name="encoded",
+        sequence_length=length,
+        device=decoder,
+        last_sequence_policy="partial",
+        **options,
+    )
+    pick = fn.external_source(name="pick", dtype=types.INT32, ndim=1)
+    # the choice comes before any other work, and before a CPU decoder's frames move to the GPU
+    frames = fn.sequence_rearrange(sequence, new_order=pick)
+    return (frames.gpu() if gpu and decoder == "cpu" else frames), sequence
 
 
 def _geometry(*names: str):

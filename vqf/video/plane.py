@@ -108,6 +108,7 @@ class VideoPlane:
         self.device = device
         self.device_id = None if device == "cpu" else int((device.split(":") + ["0"])[1])
         self._pipes: dict[tuple[str, str], object] = {}
+        self._mid_stream: set[str] = set()  # sources whose clip pipeline holds a video unread
         self.rebuilds = 0
 
     # -- probe and plan -------------------------------------------------------------
@@ -170,8 +171,21 @@ class VideoPlane:
                 batch_size=1,
                 device_id=self.device_id,
                 num_threads=max(1, self.recipe.decode.threads),
+                stream_frames=max(1, self.recipe.decode.chunk_frames),
             )
         return self._pipes[key]
+
+    def stream_pipeline(self, source: str):
+        """The clip pipeline of a streaming source (a DALI route), holding no other video: one
+        left half-read (its reader stopped early) is dropped for a fresh one."""
+        if source in self._mid_stream:
+            self._pipes.pop((source, "clip"), None)
+        self._mid_stream.add(source)
+        return self.pipeline(source, "clip")
+
+    def stream_ended(self, source: str) -> None:
+        """The streaming source's video was read to its end: its pipeline takes the next one."""
+        self._mid_stream.discard(source)
 
     def warm_up(self, *, heads: tuple[str, ...] = ("clip",)) -> None:
         """Builds the pyav route's pipelines and runs each once on a blank frame, so a rank's
@@ -196,6 +210,9 @@ class VideoPlane:
         self.rebuilds += 1
         log.warning("rebuilding the %s/%s DALI pipeline after an error", source, head)
         self._pipes.pop((source, head), None)
+        if head == "clip":
+            self._mid_stream.discard(source)
 
     def close(self) -> None:
         self._pipes.clear()
+        self._mid_stream.clear()
