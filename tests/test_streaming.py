@@ -176,6 +176,30 @@ def test_frames_in_flight_do_not_grow_with_video_length(tmp_path, video_factory)
     assert rank.budget.waits > 0
 
 
+def test_vqf_run_decodes_the_dense_grid_only_for_a_filter_that_reads_it(tmp_path, video_factory):
+    """Through the rank `vqf run` starts: with no enabled frame filter reading the dense grid
+    (here the weight-free filters that do not, sharpness and exposure), each row plans and
+    decodes fewer frames than with cuts on, and the rank's counters agree with the rows."""
+    path = video_factory(codec="vp9", width=64, height=48, seconds=8, fps=24)
+    planned, decoded = {}, {}
+    for name, cuts in (("without", "false"), ("with", "true")):
+        recipe, out = lean(
+            tmp_path / name, {"v": path}, "filters.motion.enable=false",
+            "filters.bitrate.enable=false", f"filters.cuts.enable={cuts}",
+        )  # fmt: skip
+        _, snap = run_rank(recipe)
+        row = rows_of(out)["v"]
+        assert row["result_info"]["succeed"] == "true", row
+        assert ("cuts" in row["info"]) == (cuts == "true")
+        assert "sharpness" in row["info"] and "exposure" in row["info"]
+        planned[name] = row["result_info"]["frames_planned"]
+        decoded[name] = row["result_info"]["frames_decoded"]
+        assert snap["counters"]["frames_planned"] == planned[name]
+        assert snap["counters"]["frames_decoded"] == decoded[name] >= planned[name]
+    # the demo's clips read 2 frames a second per window; the grid reads 8
+    assert planned["without"] < planned["with"] / 2, planned
+
+
 def test_decode_runs_while_the_models_work(tmp_path, video_factory, monkeypatch):
     """With a backbone and a decoder that take a while (and release the GIL, as NVDEC and a GPU
     call do), decode of later videos goes on during the model calls: their spans overlap. A

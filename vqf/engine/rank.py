@@ -252,10 +252,12 @@ class Rank:
             fault_point(stage, job.video_id)
 
     def new_plane(self):
-        """A video plane of one's own (a stage thread's DALI pipelines)."""
+        """A video plane of one's own (a stage thread's DALI pipelines); its plans carry the
+        dense grid only when an enabled filter reads it."""
+        from vqf.filters import dense_fps
         from vqf.video import VideoPlane
 
-        return VideoPlane(recipe=self.recipe, device=self.device)
+        return VideoPlane(recipe=self.recipe, device=self.device, dense_fps=dense_fps(self.recipe))
 
     def frame_measures(self, prepared):
         from vqf.filters.frames import FrameMeasures
@@ -304,7 +306,10 @@ class Rank:
         except Exception as e:
             self.recorder.fail(job.item, as_video_error(e, Stage.AGGREGATE), job=job)
             return
-        extra = {"frames_decoded": job.frames_decoded}
+        extra = {
+            "frames_decoded": job.frames_decoded,
+            "frames_planned": len(job.prepared.plan.frames),
+        }
         if job.export is None:
             self.recorder.succeed(job, info, route=job.prepared.route, extra=extra)
             return

@@ -94,9 +94,13 @@ class DetectFrames:
 
 class VideoPlane:
     """Probe, plan and decode. One pipeline per (source, head), built once; a plane is used by
-    one thread at a time (DALI pipelines are not shared between threads)."""
+    one thread at a time (DALI pipelines are not shared between threads).
 
-    def __init__(self, *, recipe: Recipe, device: str):
+    `dense_fps` is the dense grid the plans carry: what the enabled frame filters read
+    (`vqf.filters.dense_fps(recipe)`, 0 when none does); None plans `sampling.dense_fps`.
+    """
+
+    def __init__(self, *, recipe: Recipe, device: str, dense_fps: float | None = None):
         if device != "cpu" and not device.startswith("cuda"):
             raise ConfigError(f"device {device!r} is not allowed", hint="use cpu or cuda:N")
         if recipe.decode.route == "nvdec" and device == "cpu":
@@ -106,6 +110,7 @@ class VideoPlane:
             )
         self.recipe = recipe
         self.device = device
+        self.dense_fps = recipe.sampling.dense_fps if dense_fps is None else float(dense_fps)
         self.device_id = None if device == "cpu" else int((device.split(":") + ["0"])[1])
         self._pipes: dict[tuple[str, str], object] = {}
         self._mid_stream: set[str] = set()  # sources whose clip pipeline holds a video unread
@@ -119,7 +124,12 @@ class VideoPlane:
         info = probe(
             path, decode=self.recipe.decode, sampling=self.recipe.sampling, device=self.device
         )
-        plan = make_plan(info.timestamps, sampling=self.recipe.sampling, duration_s=info.duration_s)
+        plan = make_plan(
+            info.timestamps,
+            sampling=self.recipe.sampling,
+            duration_s=info.duration_s,
+            dense_fps=self.dense_fps,
+        )
         limit = self.recipe.decode.max_frames_decoded
         if limit and len(plan.frames) > limit:
             raise VideoError(
