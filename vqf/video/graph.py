@@ -42,10 +42,18 @@ def build_pipeline(
     device_id: int | None,
     num_threads: int = 2,
     stream_frames: int = 64,
+    resize: bool = True,
+    rotate: bool = True,
+    shift: float = 0.0,
 ):
     """Builds one pipeline; `device_id=None` keeps everything on the CPU. A streaming source
     (a DALI route's clip head) has two outputs: the head's, and the run's decoded sequence,
-    read for its length only (a run shorter than `stream_frames` ends the video)."""
+    read for its length only (a run shorter than `stream_frames` ends the video). A clip head
+    without `resize` takes frames already at the clip size (swscale made them), one without
+    `rotate` frames already upright: each step costs a pass over every pixel on a CPU, and
+    most videos need neither or only one (`clip_feed` keeps the inputs such a head reads).
+    `shift` (0..255 levels) is taken off every pixel as it is normalised: a source's known
+    offset (swscale's shrink renders about a level brighter than FFmpeg's plain conversion)."""
     from nvidia.dali import Pipeline
 
     pipe = Pipeline(
@@ -59,13 +67,14 @@ def build_pipeline(
     )
     gpu = device_id is not None
     with pipe:
+        steps = {"resize": resize, "rotate": rotate, "shift": shift}
         if head == "clip" and source in STREAMING:
             frames, sequence = _stream_source(source, gpu=gpu, length=stream_frames)
-            pipe.set_outputs(_clip_head(frames, sampling, gpu=gpu), sequence)
+            pipe.set_outputs(_clip_head(frames, sampling, gpu=gpu, **steps), sequence)
+        elif head == "clip":
+            pipe.set_outputs(_clip_head(_source(source, gpu=gpu), sampling, gpu=gpu, **steps))
         else:
-            frames = _source(source, gpu=gpu)
-            out = _clip_head(frames, sampling, gpu=gpu) if head == "clip" else _detect_head(frames)
-            pipe.set_outputs(out)
+            pipe.set_outputs(_detect_head(_source(source, gpu=gpu)))
     pipe.build()
     return pipe
 
@@ -139,26 +148,31 @@ def _geometry(*names: str):
     return [fn.external_source(name=n, dtype=types.FLOAT, ndim=ndim[n]) for n in names]
 
 
-def _clip_head(frames, sampling: SamplingConfig, *, gpu: bool):
+def _clip_head(
+    frames, sampling: SamplingConfig, *, gpu: bool, resize: bool, rotate: bool, shift: float
+):
     from nvidia.dali import fn, types
 
-    roi, size, angle = _geometry("roi", "size", "angle")
-    frames = fn.resize(
-        frames,
-        roi_start=roi[0:2],
-        roi_end=roi[2:4],
-        roi_relative=True,
-        resize_y=size[0],
-        resize_x=size[1],
-        interp_type=types.INTERP_LINEAR,
-        antialias=True,
-    )
-    frames = fn.rotate(frames, angle=angle, interp_type=types.INTERP_NN, keep_size=False)
+    if resize:
+        roi, size = _geometry("roi", "size")
+        frames = fn.resize(
+            frames,
+            roi_start=roi[0:2],
+            roi_end=roi[2:4],
+            roi_relative=True,
+            resize_y=size[0],
+            resize_x=size[1],
+            interp_type=types.INTERP_LINEAR,
+            antialias=True,
+        )
+    if rotate:
+        (angle,) = _geometry("angle")
+        frames = fn.rotate(frames, angle=angle, interp_type=types.INTERP_NN, keep_size=False)
     return fn.crop_mirror_normalize(
         frames,
         dtype=types.FLOAT16 if gpu else types.FLOAT,
         output_layout="FCHW",
-        mean=[255.0 * m for m in sampling.mean],
+        mean=[255.0 * m + shift for m in sampling.mean],
         std=[255.0 * s for s in sampling.std],
     )
 
@@ -192,6 +206,12 @@ def clip_inputs(
         "size": np.array([out_h, out_w], np.float32),
         "angle": np.array(rotation, np.float32),
     }
+
+
+def clip_feed(geometry: dict[str, np.ndarray], *, resize: bool, rotate: bool) -> dict:
+    """The per-sample inputs a clip head built with these steps reads, from `clip_inputs`."""
+    names = (["roi", "size"] if resize else []) + (["angle"] if rotate else [])
+    return {name: geometry[name] for name in names}
 
 
 def detect_inputs(*, width: int, height: int, rotation: int, size: int):
