@@ -98,9 +98,10 @@ def _stream_dali(plane, prepared: Prepared, feed: dict, *, rotate: bool, chunk: 
     short run); a video left half-read costs a fresh pipeline instead (a few milliseconds).
     """
     route, frames = prepared.route, prepared.plan.frames
-    pipe = plane.stream_pipeline(route, rotate=rotate)
+    data = _encoded(prepared, frames)["encoded"]
     try:
-        pipe.feed_input("encoded", [_encoded(prepared, frames)["encoded"]])
+        pipe = plane.stream_pipeline(route, rotate=rotate)
+        pipe.feed_input("encoded", [data])
     except Exception as e:
         plane.rebuild(route, "clip")
         raise _failed(prepared, e) from None

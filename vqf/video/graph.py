@@ -124,6 +124,8 @@ def _stream_source(source: Source, *, gpu: bool, length: int):
     end) and keeps those at positions `pick`. Returns (picked frames, the run's sequence)."""
     from nvidia.dali import fn, types
 
+    if source == "nvdec" and not gpu:
+        raise ValueError("the nvdec route needs a GPU pipeline (device_id)")
     decoder = "mixed" if source == "nvdec" else "cpu"
     # affine=False: several pipelines and ranks share the host's cores, none pins them
     options = {"affine": False} if decoder == "mixed" else {}
