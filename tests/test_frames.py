@@ -164,9 +164,12 @@ def test_rotation_is_applied_as_a_player_would(video_factory, rotation):
 
 
 @pytest.mark.parametrize("roi", [None, Roi(x0=0.25, y0=0.1, x1=0.9, y1=0.7)])
-def test_pyav_prescale_stays_close_to_the_reference(video_factory, roi):
+@pytest.mark.parametrize("prescale", [1.0, 2.0])
+def test_pyav_prescale_stays_close_to_the_reference(video_factory, roi, prescale):
+    """At 1 (the default) swscale makes the clip itself and the graph only normalises (and
+    crops a region of interest); at 2 the graph's antialiased resize does the last step."""
     path = video_factory(codec="h264", width=320, height=240, seconds=1, rotation=90)
-    plane = plane_for("cpu", prescale=2.0)
+    plane = plane_for("cpu", prescale=prescale)
     prepared = plane.prepare(path, uri=str(path))
     (decoded,) = plane.decode([prepared], rois=[roi])
     want = reference_clip(reference_frames(path), prepared.plan.frames, roi=roi)

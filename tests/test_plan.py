@@ -63,6 +63,41 @@ def test_dense_grid_takes_every_frame_of_a_slow_video():
     assert plan.frames[plan.dense].tolist() == list(range(15))
 
 
+@pytest.mark.parametrize(
+    ("recipe", "overrides", "dense"),
+    [
+        ("stage2.yaml", [], False),  # learned filters only: no frame filter at all
+        ("demo.yaml", [], True),  # cuts and motion read the grid
+        ("demo.yaml", ["filters.cuts.enable=false", "filters.motion.enable=false"], False),
+        ("demo.yaml", ["filters.motion.enable=false"], True),
+    ],
+)
+def test_plans_carry_the_dense_grid_only_when_an_enabled_filter_reads_it(recipe, overrides, dense):
+    """The filters declare the dense grid (`reads`); a recipe none of whose enabled filters
+    reads it plans the clips' frames alone, the clips unchanged, through the video plane."""
+    from pathlib import Path
+
+    from vqf.config import load_recipe
+    from vqf.filters import FILTERS, dense_fps
+
+    assert [n for n, cls in FILTERS.items() if "dense" in cls.reads] == ["cuts", "motion"]
+    loaded = load_recipe(Path(__file__).parent.parent / "pipelines" / recipe, overrides=overrides)
+    assert loaded.sampling.dense_fps == 8.0  # the recipe's grid, used or not
+    fps = dense_fps(loaded)
+    assert fps == (8.0 if dense else 0.0)
+    ts = cfr(60, 30)
+    planned = make_plan(ts, sampling=loaded.sampling, dense_fps=fps)
+    every = make_plan(ts, sampling=loaded.sampling)
+    assert [planned.frame_indices(c).tolist() for c in planned.clips] == [
+        every.frame_indices(c).tolist() for c in every.clips
+    ]
+    if dense:
+        assert len(planned.frames) == len(every.frames) and len(planned.dense) > 0
+    else:
+        # stage2's windows read 12 frames a second: the grid added about 30% more
+        assert len(planned.dense) == 0 and len(planned.frames) < 0.85 * len(every.frames)
+
+
 def test_dense_fps_out_of_range_is_a_config_error():
     with pytest.raises(ConfigError, match="dense_fps"):
         SamplingConfig(dense_fps=-1)

@@ -40,6 +40,52 @@ def test_chunked_decode_gives_the_frames_of_one_pass(video_factory, codec, route
     assert (a.frames - b).abs().max().item() < 1e-4
 
 
+def test_a_dali_route_decodes_each_frame_of_the_span_once(video_factory):
+    """The file goes to DALI once per video and is decoded front to back: the decoder goes
+    through the span up to the last planned frame once (at most one run past it), however
+    small the chunks, where feeding the file per chunk re-decoded from a keyframe each time."""
+    path = video_factory(codec="vp9", width=64, height=48, seconds=6, fps=20, gop=40)
+    sparse = SamplingConfig(height=32, width=40, whole_frames=6, window_frames=4, dense_fps=0)
+    small = VideoPlane(
+        recipe=Recipe(sampling=sparse, decode=DecodeConfig(chunk_frames=4)), device="cpu"
+    )
+    prepared = small.prepare(path, uri=str(path))
+    frames = prepared.plan.frames
+    assert prepared.route == "dali-cpu" and len(frames) < frames[-1] // 2  # a sparse plan
+    counter = {}
+    chunks = list(small.stream(prepared, counter=counter))
+    assert frames[-1] + 1 <= counter["decoded"] <= frames[-1] + 4
+    assert all(0 < len(c.frames) <= 4 for c in chunks)
+    assert [c.start for c in chunks] == sorted({c.start for c in chunks})
+    one_pass = VideoPlane(
+        recipe=Recipe(sampling=sparse, decode=DecodeConfig(chunk_frames=10_000)), device="cpu"
+    )
+    (whole,) = one_pass.decode([prepared])
+    assert torch.equal(torch.cat([c.frames for c in chunks]), whole.frames)
+
+
+def test_a_lane_left_half_way_through_a_video_gives_the_next_video_its_own_frames(
+    video_factory,
+):
+    """A DALI route's pipeline keeps a video's bytes between runs: a video abandoned half way
+    (its consumer closed the stream) must not hand its remaining frames to the next one."""
+    first = video_factory(codec="vp9", width=64, height=48, seconds=4, seed=1)
+    second = video_factory(codec="vp9", width=64, height=48, seconds=3, seed=2)
+    lane = plane(chunk_frames=4)
+    a, b = (lane.prepare(v, uri=str(v)) for v in (first, second))
+    (want_a,) = plane(chunk_frames=4).decode([a])
+    (want_b,) = plane(chunk_frames=4).decode([b])
+    (got_a,) = lane.decode([a])  # read to its end: the pipeline is reused for the next
+    chunks = lane.stream(b)
+    next(chunks)
+    chunks.close()  # abandoned after one chunk
+    (got_a_again,) = lane.decode([a])
+    (got_b,) = lane.decode([b])
+    assert torch.equal(got_a.frames, want_a.frames)
+    assert torch.equal(got_a_again.frames, want_a.frames)
+    assert torch.equal(got_b.frames, want_b.frames)
+
+
 def test_clips_assembled_from_chunks_equal_the_gathered_clips(video_factory):
     path = video_factory(codec="vp9", width=64, height=48, seconds=9)
     p = plane(chunk_frames=5)
@@ -129,6 +175,30 @@ def test_frames_in_flight_do_not_grow_with_video_length(tmp_path, video_factory)
     )
     assert max(peaks.values()) <= bound, (peaks, bound)
     assert rank.budget.waits > 0
+
+
+def test_vqf_run_decodes_the_dense_grid_only_for_a_filter_that_reads_it(tmp_path, video_factory):
+    """Through the rank `vqf run` starts: with no enabled frame filter reading the dense grid
+    (here the weight-free filters that do not, sharpness and exposure), each row plans and
+    decodes fewer frames than with cuts on, and the rank's counters agree with the rows."""
+    path = video_factory(codec="vp9", width=64, height=48, seconds=8, fps=24)
+    planned, decoded = {}, {}
+    for name, cuts in (("without", "false"), ("with", "true")):
+        recipe, out = lean(
+            tmp_path / name, {"v": path}, "filters.motion.enable=false",
+            "filters.bitrate.enable=false", f"filters.cuts.enable={cuts}",
+        )  # fmt: skip
+        _, snap = run_rank(recipe)
+        row = rows_of(out)["v"]
+        assert row["result_info"]["succeed"] == "true", row
+        assert ("cuts" in row["info"]) == (cuts == "true")
+        assert "sharpness" in row["info"] and "exposure" in row["info"]
+        planned[name] = row["result_info"]["frames_planned"]
+        decoded[name] = row["result_info"]["frames_decoded"]
+        assert snap["counters"]["frames_planned"] == planned[name]
+        assert snap["counters"]["frames_decoded"] == decoded[name] >= planned[name]
+    # the demo's clips read 2 frames a second per window; the grid reads 8
+    assert planned["without"] < planned["with"] / 2, planned
 
 
 def test_decode_runs_while_the_models_work(tmp_path, video_factory, monkeypatch):

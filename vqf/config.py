@@ -115,9 +115,9 @@ class DecodeConfig:
     chunk_frames: int = 64  # frames per trip through the graph
     memory_budget_gb: float = 1.0  # host bytes of decoded frames in flight
     device_memory_budget_gb: float = 8.0  # GPU bytes of decoded frames in flight
-    prescale: float = (
-        2.0  # pyav route: shrink to this multiple of the clip size in swscale; 0 = off
-    )
+    # pyav route: swscale shrinks to this multiple of the clip size (1: to the clip itself, the
+    # graph then only normalises; 2: the graph's antialiased resize does the last step); 0 = off
+    prescale: float = 1.0
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,12 @@ sleeps `--decode-ms` in total (spread over its chunks), each video's clips cost 
 in total in the backbone. Prints videos/s against 1 / max(stage cost), the most a pipeline
 can give, and 1 / sum(stage costs), what a serial loop gets.
 
-`memory`: peak RSS of `vqf run` (a child process each, read from its rusage) on generated
-640x360 H.264 videos of the given lengths at the given clip size; prints each and the ratio
-to the first.
+`memory`: time and peak RSS of `vqf run` (a child process each, read from its rusage) on
+generated 640x360 videos of the given lengths (1, 10 and 30 minutes by default), H.264 (the
+pyav route on a CPU) and VP9 (DALI's CPU decoder: a DALI route measured without a GPU), at
+the given clip size; prints seconds and CPU seconds per minute of video (the run's start-up,
+measured on a 5-second video, taken off) and peak RSS, each against the shortest video of its
+codec: both should stay flat (goals: 1.15x for time, 1.3x for RSS).
 """
 
 from __future__ import annotations
@@ -97,47 +100,114 @@ def scheduler(*, videos: int, decode_ms: float, model_ms: float, lanes: int, wor
     }
 
 
-def peak_rss_of_run(video: Path, *, workdir: Path, size: int) -> float:
-    """Peak RSS (GiB) of a `vqf run` child judging one video at `size` x `size` clips."""
+CODEC_OPTIONS = {
+    # a bench video need not look good: fast encoders, the decoders' cost is what is measured
+    "h264": {"preset": "ultrafast", "crf": "28"},
+    "vp9": {"deadline": "realtime", "cpu-used": "8", "crf": "40", "b": "0"},
+}
+SUFFIX = {"h264": "mp4", "vp9": "webm"}
+
+
+def run_child(video: Path, *, workdir: Path, size: int) -> dict:
+    """One `vqf run` child judging one video at `size` x `size` clips: its wall seconds, CPU
+    seconds (user + system, every thread) and peak RSS (GiB), read from its rusage."""
     table = workdir / f"{video.stem}.jsonl"
     table.write_text(json.dumps({"video_id": video.stem, "video_path": str(video)}) + "\n")
     out = workdir / f"out-{video.stem}-{time.time_ns()}"
     cmd = [
         sys.executable, "-m", "vqf", "run", str(ROOT / "pipelines" / "demo.yaml"),
-        "--tables", str(table), "--outputs", str(out),
+        "--tables", str(table), "--outputs", str(out), "--dashboard", "plain",
         "--set", "demo.generate=false", "--set", f"sampling.height={size}",
         "--set", f"sampling.width={size}",
     ]  # fmt: skip
-    # a wrapper process per run: its children's ru_maxrss is this run's peak alone
+    # a wrapper process per run: its children's rusage is this run's alone
     wrapper = (
-        "import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:]).returncode; "
-        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(rc)"
+        "import json, resource, subprocess, sys; rc = subprocess.run(sys.argv[1:]).returncode; "
+        "u = resource.getrusage(resource.RUSAGE_CHILDREN); "
+        "print(json.dumps([u.ru_maxrss, u.ru_utime + u.ru_stime])); sys.exit(rc)"
     )
+    started = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", wrapper, *cmd], capture_output=True, text=True)
+    seconds = time.perf_counter() - started
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-2000:])
-    return int(proc.stdout.strip().splitlines()[-1]) / 1024**2  # ru_maxrss is in KiB on Linux
+    maxrss, cpu = json.loads(proc.stdout.strip().splitlines()[-1])
+    rows = [json.loads(line) for f in out.glob("part-*.jsonl") for line in f.open()]
+    ok = [r for r in rows if json.loads(r["result_info"]).get("succeed") == "true"]
+    if len(ok) != 1:
+        raise RuntimeError(f"{video.name}: the run wrote no successful row: {rows}")
+    info = json.loads(ok[0]["result_info"])
+    return {
+        "seconds": seconds,
+        "cpu_s": cpu,
+        "peak_rss_gib": maxrss / 1024**2,  # ru_maxrss is in KiB on Linux
+        "route": info.get("decode_route", "?"),
+        "frames_planned": info.get("frames_planned", 0),
+    }
 
 
-def memory(*, minutes: list[float], size: int, workdir: Path) -> list[dict]:
+def bench_video(codec: str, minutes: float, *, workdir: Path) -> Path:
+    """A 640x360 30 fps video of `minutes` in `codec`, generated once into `workdir`."""
     from vqf.video.synth import make_video
 
-    results = []
-    for m in minutes:
-        path = workdir / f"long_{m:g}min.mp4"
-        if not path.exists():
-            started = time.perf_counter()
-            make_video(path, codec="h264", width=640, height=360, seconds=60 * m, fps=30,
-                       options={"preset": "ultrafast", "crf": "28"})  # fmt: skip
-            print(f"generated {path.name} in {time.perf_counter() - started:.0f} s", flush=True)
+    path = workdir / f"long_{codec}_{minutes:g}min.{SUFFIX[codec]}"
+    if not path.exists():
         started = time.perf_counter()
-        rss = peak_rss_of_run(path, workdir=workdir, size=size)
-        results.append(
-            {"minutes": m, "peak_rss_gib": rss, "seconds": time.perf_counter() - started}
-        )
-        print(f"{m:g} min 640x360 H.264 at {size}x{size} clips: peak RSS {rss:.2f} GiB "
-              f"({results[-1]['seconds']:.0f} s)", flush=True)  # fmt: skip
+        make_video(path, codec=codec, width=640, height=360, seconds=60 * minutes, fps=30,
+                   options=CODEC_OPTIONS[codec])  # fmt: skip
+        print(f"generated {path.name} in {time.perf_counter() - started:.0f} s", flush=True)
+    return path
+
+
+def memory(*, minutes: list[float], codecs: list[str], size: int, workdir: Path) -> list[dict]:
+    """Time and peak RSS of `vqf run` per video length and codec. A run's start-up (imports,
+    models, pipelines) is measured on a 5-second video of the same codec and taken off, so
+    seconds per minute of video say what each minute costs (`net_*`)."""
+    results = []
+    for codec in codecs:
+        start = run_child(bench_video(codec, 5 / 60, workdir=workdir), workdir=workdir, size=size)
+        print(f"{codec}: start-up {start['seconds']:.1f} s, {start['cpu_s']:.1f} CPU s "
+              f"(a 5 s video)", flush=True)  # fmt: skip
+        for m in minutes:
+            r = run_child(bench_video(codec, m, workdir=workdir), workdir=workdir, size=size)
+            r.update(codec=codec, minutes=m)
+            r["net_s_per_min"] = max(r["seconds"] - start["seconds"], 0.0) / m
+            r["net_cpu_per_min"] = max(r["cpu_s"] - start["cpu_s"], 0.0) / m
+            results.append(r)
+            print(f"{m:g} min 640x360 {codec} ({r['route']}, {r['frames_planned']} frames planned) "
+                  f"at {size}x{size} clips: {r['seconds']:.0f} s, {r['net_s_per_min']:.2f} s and "
+                  f"{r['net_cpu_per_min']:.2f} CPU s per minute of video; peak RSS "
+                  f"{r['peak_rss_gib']:.2f} GiB", flush=True)  # fmt: skip
     return results
+
+
+def memory_summary(results: list[dict]) -> list[str]:
+    """Each length against the shortest of its codec: time per minute (goal: flat within
+    1.15x) and peak RSS (goal: flat within 1.3x)."""
+    lines = []
+    for codec in dict.fromkeys(r["codec"] for r in results):
+        mine = sorted((r for r in results if r["codec"] == codec), key=lambda r: r["minutes"])
+        base = mine[0]
+        for r in mine:
+            time_ratio = _ratio(r["net_s_per_min"], base["net_s_per_min"])
+            cpu_ratio = _ratio(r["net_cpu_per_min"], base["net_cpu_per_min"])
+            rss_ratio = r["peak_rss_gib"] / base["peak_rss_gib"]
+            lines.append(
+                f"{codec} {r['minutes']:g} min: {r['net_s_per_min']:.2f} s/min = {time_ratio}, "
+                f"{r['net_cpu_per_min']:.2f} CPU s/min = {cpu_ratio}, peak RSS "
+                f"{r['peak_rss_gib']:.2f} GiB = {rss_ratio:.2f}x the {base['minutes']:g} min run"
+            )
+    return lines
+
+
+def _ratio(value: float, base: float) -> str:
+    """`value / base` as "1.07x"; "n/a" when the base is lost in the start-up's noise (a
+    shared machine can make a short run finish faster than the start-up run did)."""
+    return (
+        f"{value / base:.2f}x"
+        if base > 0
+        else "n/a (the shortest run was within the start-up's noise)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,8 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--decode-ms", type=float, default=200.0)
     s.add_argument("--model-ms", type=float, default=150.0)
     s.add_argument("--lanes", type=int, default=1)
-    m = sub.add_parser("memory", help="peak RSS of vqf run on long videos")
-    m.add_argument("--minutes", type=float, nargs="+", default=[1.0, 10.0])
+    m = sub.add_parser("memory", help="time and peak RSS of vqf run on long videos")
+    m.add_argument("--minutes", type=float, nargs="+", default=[1.0, 10.0, 30.0])
+    m.add_argument("--codecs", nargs="+", default=["h264", "vp9"], choices=sorted(SUFFIX))
     m.add_argument("--size", type=int, default=256)
     for q in (s, m):
         q.add_argument("--dir", default=None, help="where videos are generated (kept)")
@@ -171,11 +242,8 @@ def main(argv: list[str] | None = None) -> int:
             f"serial loop 1/sum(stages) = {r['serial_bound']:.2f}"
         )
         return 0
-    results = memory(minutes=args.minutes, size=args.size, workdir=workdir)
-    base = results[0]["peak_rss_gib"]
-    for r in results:
-        print(f"{r['minutes']:g} min: {r['peak_rss_gib']:.2f} GiB = {r['peak_rss_gib'] / base:.2f}x "
-              f"the {results[0]['minutes']:g} min run")  # fmt: skip
+    results = memory(minutes=args.minutes, codecs=args.codecs, size=args.size, workdir=workdir)
+    print("\n".join(memory_summary(results)))
     return 0
 
 

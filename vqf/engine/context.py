@@ -70,7 +70,10 @@ class Context:
         except Exception as e:
             self.recorder.fail(job.item, as_video_error(e, Stage.AGGREGATE), job=job)
             return
-        extra = {"frames_decoded": job.frames_decoded}
+        extra = {
+            "frames_decoded": job.frames_decoded,
+            "frames_planned": len(job.prepared.plan.frames),
+        }
         if job.export is None:
             self.recorder.succeed(job, info, route=job.prepared.route, extra=extra)
             return
@@ -106,10 +109,12 @@ class Context:
 
     # -- what stages make for themselves ------------------------------------------------------
     def new_plane(self):
-        """A video plane of one's own (a stage worker's DALI pipelines)."""
+        """A video plane of one's own (a stage worker's DALI pipelines); its plans carry the
+        dense grid only when an enabled filter reads it."""
+        from vqf.filters import dense_fps
         from vqf.video import VideoPlane
 
-        return VideoPlane(recipe=self.recipe, device=self.device)
+        return VideoPlane(recipe=self.recipe, device=self.device, dense_fps=dense_fps(self.recipe))
 
     def frame_measures(self, prepared) -> Any:
         from vqf.filters.frames import FrameMeasures

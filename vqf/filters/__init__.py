@@ -46,6 +46,7 @@ __all__ = [
     "DetectionFilter",
     "Filter",
     "build_filters",
+    "dense_fps",
     "describe_filters",
     "enabled_filters",
     "load_models",
@@ -68,6 +69,13 @@ def model_needs(recipe: Recipe) -> list:
     """What the recipe's enabled filters need loaded (`vqf.models.needs.ModelNeed`), in order."""
     needs = (cls.needs(name, recipe.filters[name]) for name, cls in enabled_filters(recipe).items())
     return [n for n in needs if n is not None]
+
+
+def dense_fps(recipe: Recipe) -> float:
+    """The dense grid the recipe's plans need: `sampling.dense_fps` when an enabled filter
+    reads "dense" (declared in its `reads`), else 0, so no frame is decoded for nobody."""
+    readers = [name for name, cls in enabled_filters(recipe).items() if "dense" in cls.reads]
+    return float(recipe.sampling.dense_fps) if readers else 0.0
 
 
 def load_models(*, recipe: Recipe, device, resolve=None, cache_dir=None) -> ModelBank:

@@ -55,6 +55,9 @@ class Filter:
 
     name: ClassVar[str]
     labels: ClassVar[tuple[str, ...]]
+    # what it reads: clip kinds ("whole", "segment", "inverse"), "detect" frames, decoded
+    # "frames", and "dense" when it needs the dense grid (sampling.dense_fps) among them: the
+    # plan carries that grid only when an enabled filter says so (`vqf.filters.dense_fps`)
     reads: ClassVar[tuple[str, ...]]
     keys: ClassVar[dict[str, str]]  # clip kind -> the info key its results go under
     default_model: ClassVar[str] = "backbone"

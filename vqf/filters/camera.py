@@ -38,7 +38,7 @@ import numpy as np
 
 from vqf.errors import ConfigError
 from vqf.filters.base import register
-from vqf.filters.frames import FrameFilter, FrameLayout, Pixels, check_range, rounded
+from vqf.filters.frames import DENSE, FrameFilter, FrameLayout, Pixels, check_range, rounded
 
 if TYPE_CHECKING:
     import torch
@@ -87,6 +87,7 @@ class CameraOptions:
 class CameraFilter(FrameFilter):
     name = "camera"
     labels = LABELS
+    reads = DENSE  # consecutive frames of the dense grid
     keys = {"frames": "camera"}
     Options = CameraOptions
 

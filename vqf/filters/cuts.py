@@ -33,7 +33,14 @@ import numpy as np
 
 from vqf.errors import ConfigError
 from vqf.filters.base import register
-from vqf.filters.frames import FrameFilter, FrameLayout, Pixels, check_range, segment_map
+from vqf.filters.frames import (
+    DENSE,
+    FrameFilter,
+    FrameLayout,
+    Pixels,
+    check_range,
+    segment_map,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -76,6 +83,7 @@ class CutsOptions:
 @register
 class CutsFilter(FrameFilter):
     name = "cuts"
+    reads = DENSE
     keys = {"frames": "cuts"}
     Options = CutsOptions
 

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
 # ITU-R BT.601 luma weights, the ones video codecs use for Y'.
 LUMA = (0.299, 0.587, 0.114)
+# `reads` of a frame filter that needs every part of the video at >= sampling.dense_fps
+DENSE = ("frames", "dense")
 
 
 @dataclass(frozen=True, eq=False)
@@ -58,7 +60,8 @@ class FrameLayout:
 
 class FrameFilter(Filter):
     """A weight-free filter on decoded frames. Subclasses set `name` and `keys`, and define
-    `features` (per chunk) and `summarise` (per video)."""
+    `features` (per chunk) and `summarise` (per video). It sees the plan's frames: the clips'
+    and, when it sets `reads = DENSE` (or any enabled filter does), the dense grid too."""
 
     reads: ClassVar[tuple[str, ...]] = ("frames",)
     labels: ClassVar[tuple[str, ...]] = ()

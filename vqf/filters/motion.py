@@ -1,7 +1,8 @@
 """Motion: mean absolute luma change between consecutive decoded frames, whole video and per window.
 
 `score` averages over every pair of consecutive frames the plan decoded (the union of all
-clips, in time order); `frozen_ratio` is the share of pairs that barely change; the video is
+clips and the dense grid, in time order: motion reads the grid, so its pairs are at most
+1/`sampling.dense_fps` apart whichever other filters are on); `frozen_ratio` is the share of pairs that barely change; the video is
 `static` when its score stays under `static_max`. Scores are luma in 0..1 per pair.
 """
 
@@ -13,7 +14,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vqf.filters.base import register
-from vqf.filters.frames import FrameFilter, FrameLayout, Pixels, check_range, rounded, segment_map
+from vqf.filters.frames import (
+    DENSE,
+    FrameFilter,
+    FrameLayout,
+    Pixels,
+    check_range,
+    rounded,
+    segment_map,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -32,6 +41,7 @@ class MotionOptions:
 @register
 class MotionFilter(FrameFilter):
     name = "motion"
+    reads = DENSE
     keys = {"frames": "motion"}
     Options = MotionOptions
 

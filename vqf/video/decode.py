@@ -8,6 +8,7 @@ engine's decode lanes), not from batching videos into one run.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -15,7 +16,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from vqf.errors import ErrorType, Stage, VideoError
-from vqf.video.graph import clip_inputs, detect_inputs, run_pipeline, to_torch
+from vqf.video.graph import (
+    clip_feed,
+    clip_inputs,
+    detect_inputs,
+    run_outputs,
+    run_pipeline,
+    to_torch,
+)
 
 if TYPE_CHECKING:
     from vqf.video.plane import Decoded, DetectFrames, Prepared, Roi, VideoPlane
@@ -38,10 +46,12 @@ def stream(
     """The plan's frames through the clip head in sorted chunks of at most decode.chunk_frames.
 
     Every planned frame is decoded once; only one chunk (and, on the pyav route, the next one
-    FFmpeg is decoding) is in memory at a time. `counter["decoded"]` counts the frames the
-    decoder went through: on the pyav route FFmpeg's own count, on DALI routes the span from
-    each chunk's keyframe to its last frame (DALI seeks to the keyframe before each chunk).
-    Raises VideoError; a DALI failure rebuilds the pipeline first (DALI invalidates it).
+    FFmpeg is decoding) is in memory at a time. On DALI routes the video's bytes go to the
+    lane's decoder once and are decoded front to back, chunk_frames frames a run, so the cost
+    grows with the video's length and not with its square. `counter["decoded"]` counts the
+    frames the decoder went through (FFmpeg's count on the pyav route, the runs' frames on
+    DALI routes). Raises VideoError; a DALI failure rebuilds the pipeline first (DALI
+    invalidates it).
     """
     counter = counter if counter is not None else {}
     counter.setdefault("decoded", 0)
@@ -49,25 +59,16 @@ def stream(
     chunk = max(1, plane.recipe.decode.chunk_frames)
     geometry = _geometry(plane, prepared, roi)
     route = prepared.route
+    rotate = prepared.info.rotation % 360 != 0
     if route in DALI_ROUTES:
-        data = _encoded(prepared, frames)["encoded"]
-        keyframes = prepared.info.keyframes
-        for start in range(0, len(frames), chunk):
-            wanted = np.asarray(frames[start : start + chunk], dtype=np.int32)
-            out = _run_one(plane, route, prepared, {"encoded": data, "frames": wanted, **geometry})
-            counter["decoded"] += int(wanted[-1]) - _keyframe_before(keyframes, wanted[0]) + 1
-            _check_count(prepared, out, len(wanted), stage=Stage.DECODE)
-            yield Chunk(start=start, frames=out)
+        feed = clip_feed(geometry, resize=True, rotate=rotate)
+        yield from _stream_dali(plane, prepared, feed, rotate=rotate, chunk=chunk, counter=counter)
         return
-    from vqf.video.pyav_route import DONE, ChunkProducer, shrink_size
+    from vqf.video.pyav_route import DONE, ChunkProducer
 
-    size = shrink_size(
-        width=prepared.info.width,
-        height=prepared.info.height,
-        roi=geometry["roi"],
-        size=geometry["size"],
-        factor=plane.recipe.decode.prescale,
-    )
+    size, resize = _swscale_size(plane, prepared, geometry)
+    pipe = {"resize": resize, "rotate": rotate, "shift": 0.0 if size is None else swscale_shift()}
+    feed = clip_feed(geometry, resize=resize, rotate=rotate)
     producer = ChunkProducer(prepared.path, frames, chunk=chunk, size=size)
     start = 0
     try:
@@ -78,7 +79,7 @@ def stream(
                 break
             if isinstance(block, Exception):
                 raise _as_video_error(prepared, block)
-            out = _run_one(plane, route, prepared, {"raw": block, **geometry})
+            out = _run_one(plane, route, prepared, {"raw": block, **feed}, **pipe)
             _check_count(prepared, out, len(block), stage=Stage.DECODE)
             yield Chunk(start=start, frames=out)
             start += len(block)
@@ -86,6 +87,56 @@ def stream(
         producer.close()
     if start != len(frames):
         raise _failed(prepared, RuntimeError(f"decoded {start} of {len(frames)} planned frames"))
+
+
+def _stream_dali(plane, prepared: Prepared, feed: dict, *, rotate: bool, chunk: int, counter: dict):
+    """The DALI routes' stream: one feed of the file, then one run per `chunk` frames of it.
+
+    Run r decodes frames r * chunk .. r * chunk + chunk - 1 and keeps the planned ones; a run
+    that holds none keeps its first frame and drops it (a selection may not be empty). The
+    lane's pipeline is reused by its next video only once this one has run to its end (a
+    short run); a video left half-read costs a fresh pipeline instead (a few milliseconds).
+    """
+    route, frames = prepared.route, prepared.plan.frames
+    data = _encoded(prepared, frames)["encoded"]
+    try:
+        pipe = plane.stream_pipeline(route, rotate=rotate)
+        pipe.feed_input("encoded", [data])
+    except Exception as e:
+        plane.rebuild(route, "clip")
+        raise _failed(prepared, e) from None
+    done, base, ended = 0, 0, False
+    while done < len(frames) and not ended:
+        stop = int(np.searchsorted(frames, base + chunk, side="left"))
+        wanted = np.asarray(frames[done:stop] - base, dtype=np.int32)
+        pick = wanted if len(wanted) else np.zeros(1, np.int32)
+        sample = {"pick": pick, **feed}
+        try:
+            out, sequence = run_outputs(pipe, {k: [v] for k, v in sample.items()})
+            read = int(sequence.shape()[0][0])
+            picked = to_torch(out, 0)
+        except Exception as e:
+            plane.rebuild(route, "clip")
+            raise _failed(prepared, e) from None
+        del sequence  # the run's full-size frames: only their count was needed
+        counter["decoded"] += read
+        ended = read < chunk
+        if ended:
+            plane.stream_ended(route, rotate=rotate)  # DALI let go of the video
+        if len(wanted) and read <= int(wanted[-1]):
+            break
+        if len(wanted):
+            _check_count(prepared, picked, len(wanted), stage=Stage.DECODE)
+            yield Chunk(start=done, frames=picked)
+        done, base = stop, base + chunk
+    if done < len(frames):
+        raise _failed(
+            prepared,
+            RuntimeError(
+                f"the stream ended after {counter['decoded']} frames, before planned frame "
+                f"{int(frames[done])} ({done} of {len(frames)} planned frames decoded)"
+            ),
+        )
 
 
 def decode_batch(
@@ -160,10 +211,57 @@ def _keyframe_before(keyframes: np.ndarray, index) -> int:
     return int(keyframes[max(at, 0)])
 
 
-def _run_one(plane, route, prepared: Prepared, sample: dict):
+def _swscale_size(plane, prepared: Prepared, geometry: dict) -> tuple[tuple | None, bool]:
+    """The (width, height) swscale shrinks the pyav route's frames to (None: it does not), and
+    whether the graph must still resize: not when swscale already made the clip itself (the
+    whole frame at `decode.prescale` 1, within a pixel of the clip size: rounding)."""
+    from vqf.video.pyav_route import shrink_size
+
+    size = shrink_size(
+        width=prepared.info.width,
+        height=prepared.info.height,
+        roi=geometry["roi"],
+        size=geometry["size"],
+        factor=plane.recipe.decode.prescale,
+    )
+    whole = np.allclose(geometry["roi"], [0.0, 0.0, 1.0, 1.0])
+    out_h, out_w = (int(v) for v in geometry["size"])
+    if size is not None and whole and abs(size[0] - out_w) <= 1 and abs(size[1] - out_h) <= 1:
+        return (out_w, out_h), False
+    return size, True
+
+
+@functools.cache
+def swscale_shift() -> float:
+    """How many levels brighter swscale's shrink (`pyav_route.SHRINK`) renders than FFmpeg's
+    plain conversion at full size, which the other routes and the tests' reference see: about
+    one on coloured pixels (its full-chroma path rounds differently). Measured once a process
+    on flat patches of many colours, so a different FFmpeg brings its own figure."""
+    import av
+
+    from vqf.video.pyav_route import SHRINK
+
+    rng = np.random.default_rng(0)
+    frame = av.VideoFrame(128, 128, "yuv420p")
+    for plane, cell, low, high in zip(frame.planes, (16, 8, 8), (40, 80, 80), (220, 176, 176)):
+        values = np.kron(rng.integers(low, high, (8, 8)), np.ones((cell, cell))).astype(np.uint8)
+        rows = np.zeros((plane.height, plane.line_size), np.uint8)
+        rows[:, : values.shape[1]] = values
+        plane.update(rows.tobytes())
+    full = frame.reformat(format="rgb24").to_ndarray().astype(np.float64)
+    small = frame.reformat(width=64, height=64, format="rgb24", interpolation=SHRINK)
+    small = small.to_ndarray().astype(np.float64)
+    # each patch's middle, where neither filter reaches a neighbouring patch
+    a = full.reshape(8, 16, 8, 16, 3)[:, 6:10, :, 6:10].mean(axis=(1, 3))
+    b = small.reshape(8, 8, 8, 8, 3)[:, 3:5, :, 3:5].mean(axis=(1, 3))
+    return round(float((b - a).mean()), 2)
+
+
+def _run_one(plane, route, prepared: Prepared, sample: dict, **variant):
     """One sample through the clip head; a DALI error rebuilds the pipeline and fails the video."""
     try:
-        out = run_pipeline(plane.pipeline(route, "clip"), {k: [v] for k, v in sample.items()})
+        pipe = plane.pipeline(route, "clip", **variant)
+        out = run_pipeline(pipe, {k: [v] for k, v in sample.items()})
         return to_torch(out, 0)
     except Exception as e:
         plane.rebuild(route, "clip")

@@ -1,9 +1,13 @@
 """DALI graphs: decode (or take raw frames), rotate, crop, resize, normalise.
 
 Small pipelines, one per (route, head), share two heads. A *source* gives uint8 frames
-(F, H, W, C) as stored in the file: `nvdec` and `dali-cpu` run `fn.decoders.video` on the
-file's bytes with `frames=` the plan's union (device "mixed" or "cpu"); `pyav` takes frames
-FFmpeg already decoded on the CPU. On a GPU rank every source moves to the GPU before the
+(F, H, W, C) as stored in the file. On `nvdec` and `dali-cpu` (device "mixed" or "cpu") the
+clip head streams: `fn.experimental.inputs.video` takes a video's bytes once and each run
+decodes the next `stream_frames` consecutive frames, of which `pick` (positions in that
+run's sequence) go on to the head, so a video of any length is parsed once and decoded once,
+front to back, in bounded memory. The detect head runs `fn.decoders.video` once per video with
+`frames=` the few detection frames (it seeks to them). `pyav` takes frames FFmpeg already
+decoded on the CPU. On a GPU rank every source moves to the GPU before the
 head, so all routes share one definition of preprocessing. A *head*
 turns them into model input: `clip` crops the region of interest and resizes to the clip size,
 applies the display rotation, and normalises to FCHW (FP16 on GPU, float32 on CPU); `detect`
@@ -28,6 +32,7 @@ from vqf.video.geometry import LETTERBOX_FILL, Letterbox, displayed_size, stored
 
 Source = Literal["nvdec", "dali-cpu", "pyav"]
 Head = Literal["clip", "detect"]
+STREAMING = ("nvdec", "dali-cpu")  # sources whose clip head streams the video's bytes
 
 
 def build_pipeline(
@@ -38,8 +43,19 @@ def build_pipeline(
     batch_size: int,
     device_id: int | None,
     num_threads: int = 2,
+    stream_frames: int = 64,
+    resize: bool = True,
+    rotate: bool = True,
+    shift: float = 0.0,
 ):
-    """Builds one pipeline; `device_id=None` keeps everything on the CPU."""
+    """Builds one pipeline; `device_id=None` keeps everything on the CPU. A streaming source
+    (a DALI route's clip head) has two outputs: the head's, and the run's decoded sequence,
+    read for its length only (a run shorter than `stream_frames` ends the video). A clip head
+    without `resize` takes frames already at the clip size (swscale made them), one without
+    `rotate` frames already upright: each step costs a pass over every pixel on a CPU, and
+    most videos need neither or only one (`clip_feed` keeps the inputs such a head reads).
+    `shift` (0..255 levels) is taken off every pixel as it is normalised: a source's known
+    offset (swscale's shrink renders about a level brighter than FFmpeg's plain conversion)."""
     from nvidia.dali import Pipeline
 
     pipe = Pipeline(
@@ -53,10 +69,14 @@ def build_pipeline(
     )
     gpu = device_id is not None
     with pipe:
-        frames = _source(source, gpu=gpu)
-        if head == "clip":
-            pipe.set_outputs(_clip_head(frames, sampling, gpu=gpu))
+        steps = {"resize": resize, "rotate": rotate, "shift": shift}
+        if head == "clip" and source in STREAMING:
+            frames, sequence = _stream_source(source, gpu=gpu, length=stream_frames)
+            pipe.set_outputs(_clip_head(frames, sampling, gpu=gpu, **steps), sequence)
+        elif head == "clip":
+            pipe.set_outputs(_clip_head(_source(source, gpu=gpu), sampling, gpu=gpu, **steps))
         else:  # the letterboxed frames, and the same frames as decoded for measures of detail
+            frames = _source(source, gpu=gpu)
             pipe.set_outputs(_detect_head(frames), frames)
     pipe.build()
     return pipe
@@ -65,10 +85,15 @@ def build_pipeline(
 def run_pipeline(pipe, inputs: dict[str, list[np.ndarray]]):
     """Feeds one batch (the same number of samples under every name) and runs it: the output,
     or a tuple of them for a head with several (detect)."""
+    outs = run_outputs(pipe, inputs)
+    return outs[0] if len(outs) == 1 else outs
+
+
+def run_outputs(pipe, inputs: dict[str, list[np.ndarray]]) -> tuple:
+    """Feeds one batch and runs it; every output of the pipeline."""
     for name, batch in inputs.items():
         pipe.feed_input(name, batch)
-    outs = pipe.run()
-    return outs[0] if len(outs) == 1 else outs
+    return tuple(pipe.run())
 
 
 def to_torch(batch, index: int):
@@ -98,6 +123,29 @@ def _source(source: Source, *, gpu: bool):
     return frames.gpu() if gpu and source != "nvdec" else frames
 
 
+def _stream_source(source: Source, *, gpu: bool, length: int):
+    """A video fed once as `encoded`; each run decodes its next `length` frames (fewer at the
+    end) and keeps those at positions `pick`. Returns (picked frames, the run's sequence)."""
+    from nvidia.dali import fn, types
+
+    if source == "nvdec" and not gpu:
+        raise ValueError("the nvdec route needs a GPU pipeline (device_id)")
+    decoder = "mixed" if source == "nvdec" else "cpu"
+    # affine=False: several pipelines and ranks share the host's cores, none pins them
+    options = {"affine": False} if decoder == "mixed" else {}
+    sequence = fn.experimental.inputs.video(
+        name="encoded",
+        sequence_length=length,
+        device=decoder,
+        last_sequence_policy="partial",
+        **options,
+    )
+    pick = fn.external_source(name="pick", dtype=types.INT32, ndim=1)
+    # the choice comes before any other work, and before a CPU decoder's frames move to the GPU
+    frames = fn.sequence_rearrange(sequence, new_order=pick)
+    return (frames.gpu() if gpu and decoder == "cpu" else frames), sequence
+
+
 def _geometry(*names: str):
     """Per-sample argument inputs; a pipeline declares only those its head reads."""
     from nvidia.dali import fn, types
@@ -106,26 +154,31 @@ def _geometry(*names: str):
     return [fn.external_source(name=n, dtype=types.FLOAT, ndim=ndim[n]) for n in names]
 
 
-def _clip_head(frames, sampling: SamplingConfig, *, gpu: bool):
+def _clip_head(
+    frames, sampling: SamplingConfig, *, gpu: bool, resize: bool, rotate: bool, shift: float
+):
     from nvidia.dali import fn, types
 
-    roi, size, angle = _geometry("roi", "size", "angle")
-    frames = fn.resize(
-        frames,
-        roi_start=roi[0:2],
-        roi_end=roi[2:4],
-        roi_relative=True,
-        resize_y=size[0],
-        resize_x=size[1],
-        interp_type=types.INTERP_LINEAR,
-        antialias=True,
-    )
-    frames = fn.rotate(frames, angle=angle, interp_type=types.INTERP_NN, keep_size=False)
+    if resize:
+        roi, size = _geometry("roi", "size")
+        frames = fn.resize(
+            frames,
+            roi_start=roi[0:2],
+            roi_end=roi[2:4],
+            roi_relative=True,
+            resize_y=size[0],
+            resize_x=size[1],
+            interp_type=types.INTERP_LINEAR,
+            antialias=True,
+        )
+    if rotate:
+        (angle,) = _geometry("angle")
+        frames = fn.rotate(frames, angle=angle, interp_type=types.INTERP_NN, keep_size=False)
     return fn.crop_mirror_normalize(
         frames,
         dtype=types.FLOAT16 if gpu else types.FLOAT,
         output_layout="FCHW",
-        mean=[255.0 * m for m in sampling.mean],
+        mean=[255.0 * m + shift for m in sampling.mean],
         std=[255.0 * s for s in sampling.std],
     )
 
@@ -159,6 +212,12 @@ def clip_inputs(
         "size": np.array([out_h, out_w], np.float32),
         "angle": np.array(rotation, np.float32),
     }
+
+
+def clip_feed(geometry: dict[str, np.ndarray], *, resize: bool, rotate: bool) -> dict:
+    """The per-sample inputs a clip head built with these steps reads, from `clip_inputs`."""
+    names = (["roi", "size"] if resize else []) + (["angle"] if rotate else [])
+    return {name: geometry[name] for name in names}
 
 
 def detect_inputs(*, width: int, height: int, rotation: int, size: int):

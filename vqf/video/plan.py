@@ -5,9 +5,10 @@ every `stride_s` (plus an end-aligned window over an uncovered tail longer than 
 or one window over everything when the video is shorter than a window), and the same windows
 reversed. Frames are chosen by presentation time, so variable frame rate works.
 
-A dense grid of at least `dense_fps` frames a second over the whole video joins the union,
-so the weight-free frame filters (cuts above all) see every part of the video closely spaced
-without a decode of their own; clips still read exactly their own frames.
+A dense grid of at least `dense_fps` frames a second over the whole video joins the union
+when a frame filter reads it (cuts, motion: they declare it), so they see every part of the
+video closely spaced without a decode of their own; clips still read exactly their own frames.
+Without such a filter the caller plans with `dense_fps=0` and no frame is decoded for nobody.
 """
 
 from __future__ import annotations
@@ -63,11 +64,17 @@ class SamplingPlan:
 
 
 def make_plan(
-    timestamps: np.ndarray, *, sampling: SamplingConfig, duration_s: float | None = None
+    timestamps: np.ndarray,
+    *,
+    sampling: SamplingConfig,
+    duration_s: float | None = None,
+    dense_fps: float | None = None,
 ) -> SamplingPlan:
     """Plans the clips of a video whose frames show at `timestamps` (seconds, sorted).
 
-    `duration_s` defaults to the last timestamp plus one median frame interval.
+    `duration_s` defaults to the last timestamp plus one median frame interval; `dense_fps`
+    to `sampling.dense_fps` (`vqf.filters.dense_fps(recipe)` gives 0 when no enabled filter
+    reads the dense grid).
     """
     ts = np.asarray(timestamps, dtype=np.float64)
     if ts.ndim != 1 or len(ts) == 0:
@@ -82,7 +89,8 @@ def make_plan(
     )
     segments = [_pick(ts, s, e, sampling.window_frames) for s, e in windows]
     detect = np.unique(_pick(ts, 0.0, duration, max(1, sampling.detect_frames)))
-    dense = dense_grid(ts, duration_s=duration, fps=sampling.dense_fps)
+    fps = sampling.dense_fps if dense_fps is None else dense_fps
+    dense = dense_grid(ts, duration_s=duration, fps=fps)
     frames = np.unique(np.concatenate([whole, detect, dense, *segments]))
 
     def take(indices: np.ndarray) -> np.ndarray:

@@ -97,9 +97,13 @@ class DetectFrames:
 
 class VideoPlane:
     """Probe, plan and decode. One pipeline per (source, head), built once; a plane is used by
-    one thread at a time (DALI pipelines are not shared between threads)."""
+    one thread at a time (DALI pipelines are not shared between threads).
 
-    def __init__(self, *, recipe: Recipe, device: str):
+    `dense_fps` is the dense grid the plans carry: what the enabled frame filters read
+    (`vqf.filters.dense_fps(recipe)`, 0 when none does); None plans `sampling.dense_fps`.
+    """
+
+    def __init__(self, *, recipe: Recipe, device: str, dense_fps: float | None = None):
         if device != "cpu" and not device.startswith("cuda"):
             raise ConfigError(f"device {device!r} is not allowed", hint="use cpu or cuda:N")
         if recipe.decode.route == "nvdec" and device == "cpu":
@@ -109,8 +113,10 @@ class VideoPlane:
             )
         self.recipe = recipe
         self.device = device
+        self.dense_fps = recipe.sampling.dense_fps if dense_fps is None else float(dense_fps)
         self.device_id = None if device == "cpu" else int((device.split(":") + ["0"])[1])
-        self._pipes: dict[tuple[str, str], object] = {}
+        self._pipes: dict[tuple, object] = {}
+        self._mid_stream: set[tuple] = set()  # clip pipelines that may hold a video unread
         self.rebuilds = 0
 
     # -- probe and plan -------------------------------------------------------------
@@ -121,7 +127,12 @@ class VideoPlane:
         info = probe(
             path, decode=self.recipe.decode, sampling=self.recipe.sampling, device=self.device
         )
-        plan = make_plan(info.timestamps, sampling=self.recipe.sampling, duration_s=info.duration_s)
+        plan = make_plan(
+            info.timestamps,
+            sampling=self.recipe.sampling,
+            duration_s=info.duration_s,
+            dense_fps=self.dense_fps,
+        )
         limit = self.recipe.decode.max_frames_decoded
         if limit and len(plan.frames) > limit:
             raise VideoError(
@@ -160,9 +171,13 @@ class VideoPlane:
 
     # -- pipelines ------------------------------------------------------------------
 
-    def pipeline(self, source: str, head: str):
-        """The pipeline for (source, head), built on first use."""
-        key = (source, head)
+    def pipeline(
+        self, source: str, head: str, *, resize: bool = True, rotate: bool = True, shift=0.0
+    ):
+        """The pipeline for (source, head), built on first use; a clip head comes in variants
+        without the resize or the rotation a video does not need, and with the level `shift`
+        its source needs taken off (`graph.build_pipeline`)."""
+        key = (source, head, resize, rotate, shift)
         if key not in self._pipes:
             from vqf.video.graph import build_pipeline
 
@@ -173,32 +188,54 @@ class VideoPlane:
                 batch_size=1,
                 device_id=self.device_id,
                 num_threads=max(1, self.recipe.decode.threads),
+                stream_frames=max(1, self.recipe.decode.chunk_frames),
+                resize=resize,
+                rotate=rotate,
+                shift=shift,
             )
         return self._pipes[key]
+
+    def stream_pipeline(self, source: str, *, rotate: bool):
+        """The clip pipeline of a streaming source (a DALI route), holding no other video: one
+        left half-read (its reader stopped early) is dropped for a fresh one."""
+        key = (source, "clip", True, rotate, 0.0)
+        if key in self._mid_stream:
+            self._pipes.pop(key, None)
+        self._mid_stream.add(key)
+        return self.pipeline(source, "clip", rotate=rotate)
+
+    def stream_ended(self, source: str, *, rotate: bool) -> None:
+        """The streaming source's video was read to its end: its pipeline takes the next one."""
+        self._mid_stream.discard((source, "clip", True, rotate, 0.0))
 
     def warm_up(self, *, heads: tuple[str, ...] = ("clip",)) -> None:
         """Builds the pyav route's pipelines and runs each once on a blank frame, so a rank's
         first video does not pay DALI's one-off start-up (the other routes need a real file)."""
-        from vqf.video.graph import clip_inputs, detect_inputs, run_pipeline
+        from vqf.video.graph import detect_inputs, run_pipeline
 
-        blank = np.zeros((1, 16, 16, 3), np.uint8)
+        s = self.recipe.sampling
         for head in heads:
-            if head == "clip":
-                geometry = clip_inputs(
-                    width=16, height=16, rotation=0, roi=None, sampling=self.recipe.sampling
+            if head == "clip":  # an upright video that swscale brings to the clip size
+                from vqf.video.decode import swscale_shift
+
+                sample = {"raw": np.zeros((1, s.height, s.width, 3), np.uint8)}
+                pipe = self.pipeline(
+                    "pyav", head, resize=False, rotate=False, shift=swscale_shift()
                 )
             else:
-                geometry, _ = detect_inputs(
-                    width=16, height=16, rotation=0, size=self.recipe.sampling.detect_size
-                )
-            sample = {"raw": blank, **geometry}
-            run_pipeline(self.pipeline("pyav", head), {k: [v] for k, v in sample.items()})
+                geometry, _ = detect_inputs(width=16, height=16, rotation=0, size=s.detect_size)
+                sample = {"raw": np.zeros((1, 16, 16, 3), np.uint8), **geometry}
+                pipe = self.pipeline("pyav", head)
+            run_pipeline(pipe, {k: [v] for k, v in sample.items()})
 
     def rebuild(self, source: str, head: str) -> None:
         """Drops a pipeline DALI invalidated after an operator error; the next use rebuilds."""
         self.rebuilds += 1
         log.warning("rebuilding the %s/%s DALI pipeline after an error", source, head)
-        self._pipes.pop((source, head), None)
+        for key in [k for k in self._pipes if k[:2] == (source, head)]:
+            self._pipes.pop(key)
+        self._mid_stream = {k for k in self._mid_stream if k[:2] != (source, head)}
 
     def close(self) -> None:
         self._pipes.clear()
+        self._mid_stream.clear()
