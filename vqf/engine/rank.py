@@ -246,6 +246,7 @@ class Rank:
             ctx, filters=self.learned, bank=self.bank, batch_sizes=self.batch_sizes, depth=depth
         )
         ctx.aggregate = models.aggregate
+        self.models = models  # what the profiler reads: the backbones and the filters on them
         to_prepare: queue.Queue = queue.Queue(maxsize=max(1, d.workers))
         to_decode: queue.Queue = queue.Queue(maxsize=max(1, d.prefetch))
         stages: list = []
