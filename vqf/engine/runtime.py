@@ -160,11 +160,10 @@ class Worker:
                 runtime.abort(e, stage=stage)
 
     def _loop(self) -> None:
-        stage = self.stage
         while self.alive():
             batch = self._take()
             if batch is None:
-                stage.idle(self)
+                self._idle()
                 continue
             items = [i for i in batch if i is not END]
             if items:
@@ -215,6 +214,19 @@ class Worker:
             with self.lock:
                 self.working = False
                 self.held, self.carried = [], []
+
+    def _idle(self) -> None:
+        """`stage.idle`, timed like work (a batch it runs can get stuck too)."""
+        with self.lock:
+            self.held, self.since, self.working = [], time.monotonic(), True
+        try:
+            self.stage.idle(self)
+        except BaseException as e:
+            if self.alive():
+                self.runtime.failed(self, e)
+        finally:
+            with self.lock:
+                self.working, self.held = False, []
 
     def _finish(self) -> None:
         self.held, self.since, self.working = [], time.monotonic(), True
