@@ -214,3 +214,46 @@ def test_workers_run_on_the_ranks_gpu_with_their_own_streams():
     assert runtime.wait(stage, every_s=0.05)
     assert {device for device, _ in seen} == {1}
     assert all(stream != torch.cuda.default_stream(1) for _, stream in seen)
+
+
+class Idler(Stage):
+    """Keeps items until the inbox is quiet, then works on them in `idle`, hanging once."""
+
+    name = "idler"
+    idle_s = 0.05
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.pending: list = []
+        self.hung = False
+
+    def process(self, worker, items):
+        worker.carried = []
+        self.pending += items
+
+    def idle(self, worker):
+        if not self.pending:
+            return
+        job = self.pending.pop(0)
+        worker.hold([job])
+        if not self.hung:
+            self.hung = True
+            time.sleep(30)
+        worker.emit(job)
+
+
+def test_work_done_while_idle_is_timed_too():
+    inbox, outbox = queue.Queue(), queue.Queue()
+    recorder = Recorder()
+    runtime = Runtime(device="cpu", fail=recorder.fail, stats=RankStats())
+    stage = Idler(inbox=inbox, outbox=outbox, deadline_s=0.5)
+    runtime.start(stage)
+    for i in range(3):
+        inbox.put(Job(f"v{i}"))
+    deadline = time.monotonic() + 30
+    while outbox.qsize() < 2 and time.monotonic() < deadline:
+        runtime.watch()
+        time.sleep(0.05)
+    inbox.put(END)
+    assert recorder.failed == {"v0": "timeout"}
+    assert [j.video_id for j in drain(outbox)] == ["v1", "v2"]
