@@ -67,8 +67,13 @@ def test_dense_grid_takes_every_frame_of_a_slow_video():
     ("recipe", "overrides", "dense"),
     [
         ("stage2.yaml", [], False),  # learned filters only: no frame filter at all
-        ("demo.yaml", [], True),  # cuts and motion read the grid
-        ("demo.yaml", ["filters.cuts.enable=false", "filters.motion.enable=false"], False),
+        ("demo.yaml", [], True),  # cuts, motion and camera read the grid
+        (
+            "demo.yaml",
+            ["filters.cuts.enable=false", "filters.motion.enable=false",
+             "filters.camera.enable=false"],
+            False,
+        ),  # fmt: skip
         ("demo.yaml", ["filters.motion.enable=false"], True),
     ],
 )
@@ -80,7 +85,8 @@ def test_plans_carry_the_dense_grid_only_when_an_enabled_filter_reads_it(recipe,
     from vqf.config import load_recipe
     from vqf.filters import FILTERS, dense_fps
 
-    assert [n for n, cls in FILTERS.items() if "dense" in cls.reads] == ["cuts", "motion"]
+    readers = [n for n, cls in FILTERS.items() if "dense" in cls.reads]
+    assert readers == ["camera", "cuts", "motion"]
     loaded = load_recipe(Path(__file__).parent.parent / "pipelines" / recipe, overrides=overrides)
     assert loaded.sampling.dense_fps == 8.0  # the recipe's grid, used or not
     fps = dense_fps(loaded)

@@ -186,6 +186,7 @@ def test_vqf_run_decodes_the_dense_grid_only_for_a_filter_that_reads_it(tmp_path
     for name, cuts in (("without", "false"), ("with", "true")):
         recipe, out = lean(
             tmp_path / name, {"v": path}, "filters.motion.enable=false",
+            "filters.camera.enable=false",
             "filters.bitrate.enable=false", f"filters.cuts.enable={cuts}",
         )  # fmt: skip
         _, snap = run_rank(recipe)
@@ -196,7 +197,9 @@ def test_vqf_run_decodes_the_dense_grid_only_for_a_filter_that_reads_it(tmp_path
         planned[name] = row["result_info"]["frames_planned"]
         decoded[name] = row["result_info"]["frames_decoded"]
         assert snap["counters"]["frames_planned"] == planned[name]
-        assert snap["counters"]["frames_decoded"] == decoded[name] >= planned[name]
+        # the row counts the detection frames too (sharpness reads them); the counter only
+        # the decode of the clips' span
+        assert planned[name] <= snap["counters"]["frames_decoded"] <= decoded[name]
     # the demo's clips read 2 frames a second per window; the grid reads 8
     assert planned["without"] < planned["with"] / 2, planned
 

@@ -1,5 +1,3 @@
-import sys
+from vqf.cli import entry
 
-from vqf.cli import main
-
-sys.exit(main())
+entry()

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import threading
 from pathlib import Path
 
 from vqf.config import Recipe, load_recipe, write_resolved
@@ -324,5 +325,18 @@ def cmd_models_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def entry() -> None:
+    """The `vqf` command as a process: `main`, then exit. Stage threads given up on past a
+    deadline may still sit in native code (a decoder, a driver call); the interpreter's
+    teardown would destroy their pipelines under them, so the process leaves at once instead,
+    once every row is durable and the output is flushed."""
+    code = main()
+    stuck = [t for t in threading.enumerate() if t.daemon and t.name.startswith("vqf-")]
+    if not stuck:
+        sys.exit(code)
+    logging.shutdown()
+    _leave(int(code or 0))
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -15,6 +15,7 @@ from typing import Any
 from vqf.config import Recipe
 from vqf.engine.flow import Budget
 from vqf.engine.job import VideoJob, as_video_error
+from vqf.engine.runtime import untimed
 from vqf.errors import Stage, VideoError
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,8 @@ class Context:
                 return
             job.closed = True
         job.release()
-        self.recorder.fail(job.item, error, job=job)
+        with untimed():  # handing a row to the writer is not the stage's work
+            self.recorder.fail(job.item, error, job=job)
 
     def maybe_finish(self, job: VideoJob) -> None:
         """Records a video once decode is over and every clip has been through the models."""
@@ -63,6 +65,10 @@ class Context:
             if job.closed or not job.decoded or job.clips_out:
                 return
             job.closed = True
+        with untimed():  # recording is not the calling stage's work
+            self._record(job)
+
+    def _record(self, job: VideoJob) -> None:
         try:
             info = self.aggregate(job) if self.aggregate is not None else {}
             info.update(job.frame_info)

@@ -102,15 +102,21 @@ class ModelStage(Stage):
         return [item.job]
 
     def process(self, worker: Worker, items: list[ClipJob]) -> None:
-        worker.carried = []  # the clips wait in the stage's batches, not on the worker
-        for item in items:
-            key = (item.model, int(item.piece.tensor.shape[0]))
+        # every clip goes into the stage's batches first, and full batches are taken one at
+        # a time: a worker taken over in a batch leaves the rest to its successor
+        with self._pending_lock:
+            for item in items:
+                self.pending[(item.model, int(item.piece.tensor.shape[0]))].append(item)
+            worker.carried = []
+        while worker.alive():
             with self._pending_lock:
-                self.pending[key].append(item)
-                full = len(self.pending[key]) >= self.batch_sizes.get(item.model, 8)
-                batch = self.pending.pop(key) if full else None
-            if batch:
-                self._run(worker, batch)
+                full = [
+                    k for k, v in self.pending.items() if len(v) >= self.batch_sizes.get(k[0], 8)
+                ]
+                batch = self.pending.pop(full[0]) if full else None
+            if batch is None:
+                return
+            self._run(worker, batch)
 
     def idle(self, worker: Worker) -> None:
         with self._pending_lock:

@@ -29,7 +29,16 @@ from vqf.errors import Stage as ErrorStage
 
 log = logging.getLogger(__name__)
 
-__all__ = ["END", "Runtime", "Stage", "Worker"]
+__all__ = ["END", "Runtime", "Stage", "Worker", "untimed"]
+
+_here = threading.local()  # the Worker whose thread this is, if any
+
+
+def untimed():
+    """`worker.untimed()` for the worker running this thread (nothing elsewhere): for code
+    that waits on someone else but does not know the stage it runs in (recording a row)."""
+    worker = getattr(_here, "worker", None)
+    return worker.untimed() if worker is not None else nullcontext()
 
 
 class Stage:
@@ -145,6 +154,7 @@ class Worker:
     # -- the thread ---------------------------------------------------------------------------
     def _main(self) -> None:
         runtime, stage = self.runtime, self.stage
+        _here.worker = self
         try:
             with runtime.on_device(self):
                 if self.carried:
