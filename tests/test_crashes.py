@@ -98,7 +98,13 @@ def supervise(folder: Path, out: Path, faults: str, *, most: int) -> list[int]:
     raise AssertionError(f"still failing after {most} runs: {codes}\n{proc.stderr[-2000:]}")
 
 
-@pytest.mark.parametrize(("stage", "kind"), [("decode", "kill"), ("probe", "abort")])
+@pytest.mark.parametrize(
+    ("stage", "kind"),
+    [  # a kill in decode: tests/test_stops.py's killer among six good videos, by default
+        pytest.param("decode", "kill", marks=pytest.mark.slow),
+        ("probe", "abort"),
+    ],
+)
 def test_a_video_that_kills_the_process_is_quarantined_after_two_crashes(
     job, tmp_path, stage, kind
 ):

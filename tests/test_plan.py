@@ -70,8 +70,11 @@ def test_dense_grid_takes_every_frame_of_a_slow_video():
         ("demo.yaml", [], True),  # cuts, motion and camera read the grid
         (
             "demo.yaml",
-            ["filters.cuts.enable=false", "filters.motion.enable=false",
-             "filters.camera.enable=false"],
+            [
+                "filters.cuts.enable=false",
+                "filters.motion.enable=false",
+                "filters.camera.enable=false",
+            ],
             False,
         ),  # fmt: skip
         ("demo.yaml", ["filters.motion.enable=false"], True),
