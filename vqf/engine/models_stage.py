@@ -110,19 +110,38 @@ class ModelStage(Stage):
             worker.carried = []
         while worker.alive():
             with self._pending_lock:
-                full = [
-                    k for k, v in self.pending.items() if len(v) >= self.batch_sizes.get(k[0], 8)
-                ]
-                batch = self.pending.pop(full[0]) if full else None
+                batch = self._take_full()
             if batch is None:
                 return
             self._run(worker, batch)
+
+    def _take(self, key) -> list[ClipJob]:
+        """At most one batch of `key`'s pending clips (the caller holds the lock)."""
+        waiting = self.pending.pop(key)
+        size = self.batch_sizes.get(key[0], 8)
+        if len(waiting) > size:
+            self.pending[key] = waiting[size:]
+        return waiting[:size]
+
+    def _take_full(self) -> list[ClipJob] | None:
+        """One full batch (at most the backbone's batch size) out of the pending clips."""
+        for key, waiting in self.pending.items():
+            size = self.batch_sizes.get(key[0], 8)
+            if len(waiting) >= size:
+                batch, rest = waiting[:size], waiting[size:]
+                if rest:
+                    self.pending[key] = rest
+                else:
+                    del self.pending[key]
+                return batch
+        return None
 
     def idle(self, worker: Worker) -> None:
         with self._pending_lock:
             if not self.pending:
                 return
-            batch = self.pending.pop(max(self.pending, key=lambda k: len(self.pending[k])))
+            key = max(self.pending, key=lambda k: len(self.pending[k]))
+            batch = self._take(key)
         self._run(worker, batch)
 
     def finish(self, worker: Worker) -> None:
@@ -130,7 +149,7 @@ class ModelStage(Stage):
             with self._pending_lock:
                 if not self.pending:
                     return
-                batch = self.pending.pop(next(iter(self.pending)))
+                batch = self._take(next(iter(self.pending)))
             self._run(worker, batch)
 
     def _run(self, worker: Worker, batch: list[ClipJob]) -> None:
