@@ -24,22 +24,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.test_crashes import RECIPE as CRASH_RECIPE
 from tests.test_engine import read_rows
 
 ROOT = Path(__file__).parent.parent
-RECIPE = """
-name: stops
-sampling: {whole_frames: 4, window_frames: 4, height: 32, width: 32, detect_frames: 2,
-           detect_size: 64}
-storage: {timeout_s: 4}
-decode: {route: auto, batch_size: 1, workers: 1, timeout_s: 4}
-models:
-  backbone: {kind: vjepa2, size: tiny, init: random}
-filters:
-  vfx: {enable: true}
-  borders: {enable: true}
-engine: {device: cpu, clip_batch: 1, writer_flush_rows: 1, progress_every_s: 2}
-"""
+RECIPE = CRASH_RECIPE.replace("name: crashes", "name: stops")  # tiny clips, 4 s deadlines
 STAGES = ("fetch", "probe", "detect", "decode", "model")
 
 
