@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
 
 END = object()  # the end of a stage's input
 
@@ -25,24 +24,6 @@ def put(q: queue.Queue, item, *, alive=lambda: True, every_s: float = 0.2) -> bo
         except queue.Full:
             continue
     return False
-
-
-def take_batch(q: queue.Queue, *, most: int, wait_s: float) -> list:
-    """The next item (blocking), then whatever arrives within `wait_s`, up to `most` items.
-
-    `END` is returned last and alone in its place, so the caller sees it after the batch."""
-    first = q.get()
-    batch = [first]
-    deadline = time.monotonic() + wait_s
-    while first is not END and len(batch) < most:
-        try:
-            item = q.get(timeout=max(0.0, deadline - time.monotonic()))
-        except queue.Empty:
-            break
-        batch.append(item)
-        if item is END:
-            break
-    return batch
 
 
 class Budget:

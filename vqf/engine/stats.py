@@ -87,13 +87,6 @@ class RankStats:
             }
 
 
-class Gauge:
-    """A queue depth kept elsewhere, for `RankStats.queues`: `Gauge(lambda: len(items))`."""
-
-    def __init__(self, read):
-        self.qsize = read
-
-
 def _nvtx(device: str):
     """torch's NVTX module on a CUDA rank (ranges are per thread, as the stages are), else None."""
     if not str(device).startswith("cuda"):
