@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -147,3 +149,18 @@ def test_nvdec_is_chosen_by_its_documented_sizes(monkeypatch, codec, width, heig
     avi = dataclasses.replace(info, container="avi")
     if codec == "mpeg4":  # AVI keeps decode-order timestamps: DALI cannot number its frames
         assert choose_route(avi, device="cuda:0")[0] == "pyav"
+
+
+def test_describe_plans_the_dense_grid_only_for_a_filter_that_reads_it(video_factory):
+    from vqf.config import build
+
+    path = video_factory(codec="vp9", width=64, height=48, seconds=8, fps=10)
+    sampling = {"whole_frames": 8, "window_frames": 6, "dense_fps": 5}
+    without = {"sampling": sampling, "filters": {"cuts": {"enable": False}}}
+    off = describe(path, recipe=build(Recipe, without, "r"), device="cpu")
+    assert "dense grid  none (no enabled filter reads it)" in off
+    with_cuts = {"sampling": sampling, "filters": {"cuts": {"enable": True}}}
+    on = describe(path, recipe=build(Recipe, with_cuts, "r"), device="cpu")
+    assert "dense grid  41 frames, at least 5 a second, for cuts" in on, on
+    planned = [int(re.search(r"plan +(\d+) distinct", t).group(1)) for t in (off, on)]
+    assert planned[0] < planned[1], planned

@@ -127,6 +127,7 @@ def test_two_nodes_split_the_table_and_write_every_row_once(table, tmp_path):
                 RDZV_ID=f"test-{port}",
                 VQF_FORCE_TORCHRUN="1",
                 MAX_RESTARTS="0",
+                VQF_LOG="INFO",  # the ranks' start-up lines (torch threads)
             ),
         )
         for node in (0, 1)
@@ -153,3 +154,24 @@ def test_two_nodes_split_the_table_and_write_every_row_once(table, tmp_path):
     assert [r["video_id"] for r in failed] == ["gone"]
     # rank 0's node reports the whole job, both ranks included
     assert sum("5 rows in, 5 written now" in log and "2 rank(s)" in log for log in logs) == 1
+    # each CPU rank takes its share of the node's cores for torch, not one thread per core
+    cores = len(os.sched_getaffinity(0))
+    assert all(f"{cores} torch threads, 1 rank(s) on this node" in log for log in logs), logs
+
+
+def test_cpu_ranks_of_a_node_share_its_cores_for_torch(monkeypatch):
+    import torch
+
+    from vqf.engine.launch import share_cores
+
+    before = torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0))
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        assert share_cores(local_ranks=1) == cores == torch.get_num_threads()
+        assert share_cores(local_ranks=cores * 2) == 1 == torch.get_num_threads()
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the user's choice stands
+        torch.set_num_threads(before)
+        assert share_cores(local_ranks=cores * 2) == before
+    finally:
+        torch.set_num_threads(before)

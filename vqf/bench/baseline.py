@@ -108,12 +108,15 @@ def score_video(path: Path, *, recipe: Recipe, models: SeedModels, device: str) 
     """Runs every filter on one video the seed's way; raises on a bad video."""
     import torch
 
+    from vqf.filters import dense_fps
     from vqf.video.plan import make_plan
     from vqf.video.probe import probe
 
     s = recipe.sampling
     info = probe(path, decode=recipe.decode, sampling=s, device="cpu")
-    plan = make_plan(info.timestamps, sampling=s, duration_s=info.duration_s)
+    plan = make_plan(
+        info.timestamps, sampling=s, duration_s=info.duration_s, dense_fps=dense_fps(recipe)
+    )
     for f, bank in models.filters:
         if "detect" in f.reads:
             frames = decode_frames(path, plan.detect_frames)  # this filter's own decode

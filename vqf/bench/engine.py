@@ -106,6 +106,7 @@ CODEC_OPTIONS = {
     "vp9": {"deadline": "realtime", "cpu-used": "8", "crf": "40", "b": "0"},
 }
 SUFFIX = {"h264": "mp4", "vp9": "webm"}
+START_MIN = 5 / 60  # the video whose run measures start-up: 5 seconds
 
 
 def run_child(video: Path, *, workdir: Path, size: int) -> dict:
@@ -162,17 +163,19 @@ def bench_video(codec: str, minutes: float, *, workdir: Path) -> Path:
 def memory(*, minutes: list[float], codecs: list[str], size: int, workdir: Path) -> list[dict]:
     """Time and peak RSS of `vqf run` per video length and codec. A run's start-up (imports,
     models, pipelines) is measured on a 5-second video of the same codec and taken off, so
-    seconds per minute of video say what each minute costs (`net_*`)."""
+    seconds per minute of video say what each minute costs (`net_*`): the difference of the
+    two runs is the work of the minutes the longer video has over the 5-second one."""
     results = []
     for codec in codecs:
-        start = run_child(bench_video(codec, 5 / 60, workdir=workdir), workdir=workdir, size=size)
+        short = bench_video(codec, START_MIN, workdir=workdir)
+        start = run_child(short, workdir=workdir, size=size)
         print(f"{codec}: start-up {start['seconds']:.1f} s, {start['cpu_s']:.1f} CPU s "
               f"(a 5 s video)", flush=True)  # fmt: skip
         for m in minutes:
             r = run_child(bench_video(codec, m, workdir=workdir), workdir=workdir, size=size)
             r.update(codec=codec, minutes=m)
-            r["net_s_per_min"] = max(r["seconds"] - start["seconds"], 0.0) / m
-            r["net_cpu_per_min"] = max(r["cpu_s"] - start["cpu_s"], 0.0) / m
+            r["net_s_per_min"] = max(r["seconds"] - start["seconds"], 0.0) / (m - START_MIN)
+            r["net_cpu_per_min"] = max(r["cpu_s"] - start["cpu_s"], 0.0) / (m - START_MIN)
             results.append(r)
             print(f"{m:g} min 640x360 {codec} ({r['route']}, {r['frames_planned']} frames planned) "
                   f"at {size}x{size} clips: {r['seconds']:.0f} s, {r['net_s_per_min']:.2f} s and "
@@ -225,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     for q in (s, m):
         q.add_argument("--dir", default=None, help="where videos are generated (kept)")
     args = p.parse_args(argv)
+    if args.what == "memory" and min(args.minutes) <= START_MIN:
+        p.error(f"--minutes must be longer than the {START_MIN * 60:g} s start-up video")
     workdir = Path(args.dir or tempfile.mkdtemp(prefix="vqf-bench-engine-"))
     workdir.mkdir(parents=True, exist_ok=True)
     if args.what == "scheduler":

@@ -117,10 +117,9 @@ class Context:
     def new_plane(self):
         """A video plane of one's own (a stage worker's DALI pipelines); its plans carry the
         dense grid only when an enabled filter reads it."""
-        from vqf.filters import dense_fps
         from vqf.video import VideoPlane
 
-        return VideoPlane(recipe=self.recipe, device=self.device, dense_fps=dense_fps(self.recipe))
+        return VideoPlane(recipe=self.recipe, device=self.device)
 
     def frame_measures(self, prepared) -> Any:
         from vqf.filters.frames import FrameMeasures

@@ -119,6 +119,10 @@ def _rank_main(spec: RankSpec, recipe: Recipe, status) -> dict[str, Any]:
     from vqf.engine.rank import Rank
 
     device = pick_device(recipe, spec.local_rank)
+    if device == "cpu":
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", spec.world_size))
+        log.info("rank %d on the CPU: %d torch threads, %d rank(s) on this node share its cores",
+                 spec.rank, share_cores(local_ranks=local), local)  # fmt: skip
     every_s = recipe.engine.progress_every_s
     group = (
         _ProgressGroup(
@@ -147,6 +151,20 @@ def _rank_main(spec: RankSpec, recipe: Recipe, status) -> dict[str, Any]:
     elif status is not None:
         status([snap], final=True)
     return snap
+
+
+def share_cores(*, local_ranks: int) -> int:
+    """A CPU rank's share of the node's cores for torch's operator threads (its models and
+    frame measures): without it every rank of a node, and every stage thread calling torch in
+    it, would start one thread per core. OMP_NUM_THREADS, when set, decides instead."""
+    import torch
+
+    if os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    threads = max(1, (cores or 1) // max(1, local_ranks))
+    torch.set_num_threads(threads)
+    return threads
 
 
 def _stop_on_signals(rank) -> None:

@@ -20,6 +20,7 @@ from vqf.video.graph import (
     clip_feed,
     clip_inputs,
     detect_inputs,
+    feed_input,
     run_outputs,
     run_pipeline,
     to_torch,
@@ -101,7 +102,7 @@ def _stream_dali(plane, prepared: Prepared, feed: dict, *, rotate: bool, chunk: 
     data = _encoded(prepared, frames)["encoded"]
     try:
         pipe = plane.stream_pipeline(route, rotate=rotate)
-        pipe.feed_input("encoded", [data])
+        feed_input(pipe, "encoded", [data])
     except Exception as e:
         plane.rebuild(route, "clip")
         raise _failed(prepared, e) from None
@@ -173,9 +174,12 @@ def decode_detect(plane: VideoPlane, prepared: Prepared) -> DetectFrames:
         rotation=info.rotation,
         size=plane.recipe.sampling.detect_size,
     )
-    route, fell_back = prepared.route, False
+    # NVDEC decodes them where the models run; on the CPU FFmpeg seeks to them through the
+    # container's index, where DALI's CPU decoder would index the whole file (time and a copy
+    # of its bytes that grow with the video's length) for a dozen frames
+    source, fell_back = ("nvdec" if prepared.route == "nvdec" else "pyav"), False
     try:
-        if route in DALI_ROUTES:
+        if source == "nvdec":
             inputs.update(_encoded(prepared, indices))
             decoded = sum(
                 int(i) - _keyframe_before(info.keyframes, i) + 1 for i in np.unique(indices)
@@ -185,13 +189,13 @@ def decode_detect(plane: VideoPlane, prepared: Prepared) -> DetectFrames:
                 prepared.path, indices, pts=info.pts, keyframes=info.keyframes
             )
         boxed, native = run_pipeline(
-            plane.pipeline(route, "detect"), {k: [v] for k, v in inputs.items()}
+            plane.pipeline(source, "detect"), {k: [v] for k, v in inputs.items()}
         )
         frames, native = to_torch(boxed, 0), to_torch(native, 0)
     except VideoError as e:
         raise VideoError(e.type, e.message, stage=Stage.DETECT, hint=e.hint) from None
     except Exception as e:  # DALI raises RuntimeError for anything its operators reject
-        plane.rebuild(route, "detect")
+        plane.rebuild(source, "detect")
         raise _failed(prepared, e, stage=Stage.DETECT) from None
     _check_count(prepared, frames, len(indices), stage=Stage.DETECT)
     return DetectFrames(

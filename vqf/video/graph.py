@@ -5,9 +5,10 @@ Small pipelines, one per (route, head), share two heads. A *source* gives uint8 
 clip head streams: `fn.experimental.inputs.video` takes a video's bytes once and each run
 decodes the next `stream_frames` consecutive frames, of which `pick` (positions in that
 run's sequence) go on to the head, so a video of any length is parsed once and decoded once,
-front to back, in bounded memory. The detect head runs `fn.decoders.video` once per video with
-`frames=` the few detection frames (it seeks to them). `pyav` takes frames FFmpeg already
-decoded on the CPU. On a GPU rank every source moves to the GPU before the
+front to back, in bounded memory. On `nvdec` the detect head runs `fn.decoders.video` once
+per video with `frames=` the few detection frames (it seeks to them); on the CPU, FFmpeg seeks
+to them and the `pyav` source takes them. `pyav` takes frames FFmpeg already decoded on the
+CPU. On a GPU rank every source moves to the GPU before the
 head, so all routes share one definition of preprocessing. A *head*
 turns them into model input: `clip` crops the region of interest and resizes to the clip size,
 applies the display rotation, and normalises to FCHW (FP16 on GPU, float32 on CPU); `detect`
@@ -23,6 +24,7 @@ Per-sample inputs (all float32): `roi` [y0, x0, y1, x1] relative to the stored f
 
 from __future__ import annotations
 
+import weakref
 from typing import Literal
 
 import numpy as np
@@ -92,8 +94,18 @@ def run_pipeline(pipe, inputs: dict[str, list[np.ndarray]]):
 def run_outputs(pipe, inputs: dict[str, list[np.ndarray]]) -> tuple:
     """Feeds one batch and runs it; every output of the pipeline."""
     for name, batch in inputs.items():
-        pipe.feed_input(name, batch)
+        feed_input(pipe, name, batch)
     return tuple(pipe.run())
+
+
+_FED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # pipeline -> {input: batch}
+
+
+def feed_input(pipe, name: str, batch: list[np.ndarray]) -> None:
+    """Feeds `batch` to input `name` and keeps it alive until the next feed of that input or
+    the pipeline's end: an input declared `no_copy` reads the caller's memory while it runs."""
+    pipe.feed_input(name, batch)
+    _FED.setdefault(pipe, {})[name] = batch
 
 
 def to_torch(batch, index: int):
@@ -111,9 +123,13 @@ def _source(source: Source, *, gpu: bool):
     if source == "pyav":
         frames = fn.external_source(name="raw", dtype=types.UINT8, layout="FHWC", ndim=4)
     else:
-        encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
-        indices = fn.external_source(name="frames", dtype=types.INT32, ndim=1)
         decoder = "mixed" if source == "nvdec" else "cpu"
+        # the file's bytes: on the CPU decoder DALI reads our buffer (`feed` keeps it alive)
+        # instead of a copy of its own that it would keep, sized to the longest video, for good
+        encoded = fn.external_source(
+            name="encoded", dtype=types.UINT8, ndim=1, no_copy=decoder == "cpu"
+        )
+        indices = fn.external_source(name="frames", dtype=types.INT32, ndim=1)
         # pad_mode "none": a frame the stream lacks is an error, never a silent black frame
         # affine=False: several pipelines and ranks share the host's cores, none pins them
         options = {"affine": False} if decoder == "mixed" else {}
@@ -138,6 +154,7 @@ def _stream_source(source: Source, *, gpu: bool, length: int):
         sequence_length=length,
         device=decoder,
         last_sequence_policy="partial",
+        no_copy=decoder == "cpu",  # as in `_source`: our buffer, kept alive by `feed`
         **options,
     )
     pick = fn.external_source(name="pick", dtype=types.INT32, ndim=1)

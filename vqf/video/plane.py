@@ -99,8 +99,9 @@ class VideoPlane:
     """Probe, plan and decode. One pipeline per (source, head), built once; a plane is used by
     one thread at a time (DALI pipelines are not shared between threads).
 
-    `dense_fps` is the dense grid the plans carry: what the enabled frame filters read
-    (`vqf.filters.dense_fps(recipe)`, 0 when none does); None plans `sampling.dense_fps`.
+    `dense_fps` is the dense grid the plans carry; by default what the recipe's enabled frame
+    filters read (`vqf.filters.dense_fps(recipe)`, 0 when none does), so no caller plans
+    frames for nobody.
     """
 
     def __init__(self, *, recipe: Recipe, device: str, dense_fps: float | None = None):
@@ -113,7 +114,11 @@ class VideoPlane:
             )
         self.recipe = recipe
         self.device = device
-        self.dense_fps = recipe.sampling.dense_fps if dense_fps is None else float(dense_fps)
+        if dense_fps is None:
+            from vqf.filters import dense_fps as needed
+
+            dense_fps = needed(recipe)
+        self.dense_fps = float(dense_fps)
         self.device_id = None if device == "cpu" else int((device.split(":") + ["0"])[1])
         self._pipes: dict[tuple, object] = {}
         self._mid_stream: set[tuple] = set()  # clip pipelines that may hold a video unread

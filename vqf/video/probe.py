@@ -212,10 +212,18 @@ def nvdec_codecs(device: str | None) -> tuple[str, ...]:
 
 def describe(path: str | Path, *, recipe: Recipe, device: str | None = None) -> str:
     """A readable account of the file's metadata and the sampling plan the recipe gives it."""
+    from vqf.filters import dense_fps, enabled_filters
     from vqf.video.plan import make_plan
 
     info = probe(path, decode=recipe.decode, sampling=recipe.sampling, device=device)
-    plan = make_plan(info.timestamps, sampling=recipe.sampling)
+    fps = dense_fps(recipe)
+    plan = make_plan(info.timestamps, sampling=recipe.sampling, dense_fps=fps)
+    readers = [name for name, cls in enabled_filters(recipe).items() if "dense" in cls.reads]
+    dense = (
+        f"{len(plan.dense)} frames, at least {fps:g} a second, for {', '.join(readers)}"
+        if fps
+        else "none (no enabled filter reads it)"
+    )
     ts = info.timestamps
     lines = [
         f"file        {info.path} ({info.size_bytes / 1e6:.2f} MB, {info.container})",
@@ -231,6 +239,7 @@ def describe(path: str | Path, *, recipe: Recipe, device: str | None = None) -> 
         f"({len(plan.frames) / max(info.frame_count, 1):.0%} of the video), {len(plan.clips)} clips, "
         f"{plan.frames_needed} frames needed in all",
         f"detect      frames {plan.frames[plan.detect_take].tolist()}",
+        f"dense grid  {dense}",
     ]
     for clip in plan.clips:
         idx = plan.frames[clip.take]
