@@ -270,3 +270,21 @@ def test_a_stream_nvdec_refuses_is_decoded_on_the_cpu_and_counted(
     assert all(r["result_info"]["succeed"] == "true" for r in rows.values()), rows
     assert {r["result_info"]["decode_route"] for r in rows.values()} == {"pyav"}
     assert snap["counters"]["fallback_nvdec_to_cpu"] == 2
+
+
+def test_detection_frames_of_a_dali_cpu_video_are_found_by_seeking(video_factory):
+    """On the CPU a DALI-route video's detection frames come from FFmpeg's seeks: the frames
+    it decoded (its own count) are a few GOPs, not a pass over the file, and they are the
+    frames a decode from the start gives at the same indices."""
+    path = video_factory(codec="vp9", width=96, height=64, seconds=30, fps=10, gop=10)
+    p = plane(chunk_frames=16)
+    prepared = p.prepare(path, uri=str(path))
+    assert prepared.route == "dali-cpu"
+    det = p.detect_frames(prepared)
+    assert not det.fell_back and det.decoded < prepared.info.frame_count / 2, det.decoded
+    # the frames as decoded (detection also letterboxes them) against a one-pass decode
+    from vqf.bench.baseline import decode_frames
+
+    expected = torch.from_numpy(decode_frames(path, det.indices))
+    assert det.native.shape == expected.shape
+    assert (det.native.int() - expected.int()).abs().max().item() <= 1

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -107,6 +108,7 @@ CODEC_OPTIONS = {
 }
 SUFFIX = {"h264": "mp4", "vp9": "webm"}
 START_MIN = 5 / 60  # the video whose run measures start-up: 5 seconds
+START_RUNS = 3
 
 
 def run_child(video: Path, *, workdir: Path, size: int) -> dict:
@@ -164,13 +166,16 @@ def memory(*, minutes: list[float], codecs: list[str], size: int, workdir: Path)
     """Time and peak RSS of `vqf run` per video length and codec. A run's start-up (imports,
     models, pipelines) is measured on a 5-second video of the same codec and taken off, so
     seconds per minute of video say what each minute costs (`net_*`): the difference of the
-    two runs is the work of the minutes the longer video has over the 5-second one."""
+    two runs is the work of the minutes the longer video has over the 5-second one. The
+    start-up is the median of `START_RUNS` runs: one slow start would skew every figure."""
     results = []
     for codec in codecs:
         short = bench_video(codec, START_MIN, workdir=workdir)
-        start = run_child(short, workdir=workdir, size=size)
+        runs = [run_child(short, workdir=workdir, size=size) for _ in range(START_RUNS)]
+        start = {k: statistics.median(r[k] for r in runs) for k in ("seconds", "cpu_s")}
+        each = ", ".join(f"{r['seconds']:.1f}" for r in runs)
         print(f"{codec}: start-up {start['seconds']:.1f} s, {start['cpu_s']:.1f} CPU s "
-              f"(a 5 s video)", flush=True)  # fmt: skip
+              f"(a 5 s video, the median of {START_RUNS} runs: {each} s)", flush=True)  # fmt: skip
         for m in minutes:
             r = run_child(bench_video(codec, m, workdir=workdir), workdir=workdir, size=size)
             r.update(codec=codec, minutes=m)

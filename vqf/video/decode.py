@@ -20,7 +20,6 @@ from vqf.video.graph import (
     clip_feed,
     clip_inputs,
     detect_inputs,
-    feed_input,
     run_outputs,
     run_pipeline,
     to_torch,
@@ -102,7 +101,7 @@ def _stream_dali(plane, prepared: Prepared, feed: dict, *, rotate: bool, chunk: 
     data = _encoded(prepared, frames)["encoded"]
     try:
         pipe = plane.stream_pipeline(route, rotate=rotate)
-        feed_input(pipe, "encoded", [data])
+        pipe.feed_input("encoded", [data])
     except Exception as e:
         plane.rebuild(route, "clip")
         raise _failed(prepared, e) from None
