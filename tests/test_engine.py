@@ -193,3 +193,15 @@ def test_run_that_cannot_start_exits_nonzero_with_a_message(tmp_path):
     assert bad.returncode == 3 and "none.jsonl" in bad.stderr
     typo = vqf("run", str(DEMO), "--set", "engine.clipbatch=2", cwd=tmp_path)
     assert typo.returncode == 2 and "clipbatch" in typo.stderr
+
+
+def test_the_heap_is_trimmed_at_most_once_per_interval():
+    import platform
+
+    from vqf.engine.memory import trim_heap
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("malloc_trim is glibc's")
+    trim_heap(every_s=0.0)  # whatever came before, the clock starts now
+    assert trim_heap(every_s=3600.0) is False  # not yet time: the next caller returns at once
+    assert trim_heap(every_s=0.0) is True

@@ -164,3 +164,32 @@ def test_describe_plans_the_dense_grid_only_for_a_filter_that_reads_it(video_fac
     assert "dense grid  41 frames, at least 5 a second, for cuts" in on, on
     planned = [int(re.search(r"plan +(\d+) distinct", t).group(1)) for t in (off, on)]
     assert planned[0] < planned[1], planned
+
+
+def test_probe_reads_the_stream_while_its_container_is_open(video_factory):
+    """PyAV's stream points into the container's memory, which closing it frees. Under an
+    allocator that hands freed memory straight back (jemalloc), a read after the close gets
+    another object's bytes: the time base came back None and failed a valid video."""
+    import glob
+    import json
+    import os
+    import subprocess
+    import sys
+
+    libs = sorted(glob.glob("/usr/lib/*/libjemalloc.so.2"))
+    if not libs:
+        pytest.skip("libjemalloc2 is not installed (launch/test-deps.sh installs it)")
+    path = video_factory(codec="h264", width=64, height=48, seconds=2, fps=10)
+    code = (
+        "import json, sys; from vqf.video.probe import probe; i = probe(sys.argv[1]); "
+        "print(json.dumps([i.time_base, i.fps, i.duration_s, i.vfr, i.pix_fmt]))"
+    )
+    env = dict(os.environ, LD_PRELOAD=libs[0])
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, env=env
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    time_base, fps, duration, vfr, pix_fmt = json.loads(result.stdout.splitlines()[-1])
+    expected = probe(path)
+    assert (time_base, pix_fmt, vfr) == (expected.time_base, expected.pix_fmt, False)
+    assert fps == pytest.approx(10.0, rel=0.01) and duration == pytest.approx(2.0, rel=0.01)

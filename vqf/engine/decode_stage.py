@@ -23,6 +23,7 @@ import queue
 from vqf.engine.assemble import ClipAssembler
 from vqf.engine.context import Context
 from vqf.engine.job import VideoJob, as_video_error
+from vqf.engine.memory import trim_heap
 from vqf.engine.runtime import Stage, Worker
 from vqf.errors import ErrorType, VideoError
 from vqf.errors import Stage as ErrorStage
@@ -98,6 +99,7 @@ class DecodeStage(Stage):
                     measures.add(chunk.frames)
                     pieces = assembler.add(chunk.start, chunk.frames)
                     assembler.settle(chunk.frames)
+                    trim_heap()  # a long video's churn must not grow the heap
                 for piece in pieces:
                     sent += 1
                     with worker.untimed():

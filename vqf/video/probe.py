@@ -105,25 +105,29 @@ def probe(
         raise _unopenable(path, e) from None
     except (OSError, UnicodeDecodeError) as e:
         raise _fail(ErrorType.NOT_A_VIDEO, f"{path.name}: cannot be opened ({e})") from None
+    # everything read from the stream is read while the container is open: PyAV's stream
+    # object points into the container's memory, which closing it frees
     with container:
         stream = _video_stream(container, path)
         fields = _stream_fields(container, stream, path, decode=decode)
         timestamps, first, ticks, keyframes = _demux(container, stream, path)
-    duration = _duration(timestamps, stream)
+        timing = {
+            "time_base": float(stream.time_base),
+            "duration_s": _duration(timestamps, stream),
+            "fps": _fps(timestamps, stream),
+            "vfr": _is_vfr(timestamps, stream),
+            "rotation": _rotation(first),
+            "pix_fmt": first.format.name,
+            "bit_depth": max(c.bits for c in first.format.components),
+        }
     info = VideoInfo(
         path=str(path),
         timestamps=timestamps,
         pts=ticks,
-        time_base=float(stream.time_base),
         keyframes=keyframes,
         frame_count=len(timestamps),
-        duration_s=duration,
-        fps=_fps(timestamps, stream),
-        vfr=_is_vfr(timestamps, stream),
-        rotation=_rotation(first),
-        pix_fmt=first.format.name,
-        bit_depth=max(c.bits for c in first.format.components),
         size_bytes=size,
+        **timing,
         **fields,
     )
     _check_length(info, sampling or SamplingConfig())
