@@ -9,9 +9,9 @@ returned to the system the moment they are freed (measured with `vqf bench-engin
 
 Smaller blocks still fragment the per-thread arenas: with the frame filters' many small
 temporaries per chunk, a 10-minute VP9 video on the DALI CPU route grew RSS by about 2 MB a
-second (1.17 to 1.34 GB). `trim_heap`, called by the decode lanes and at most every two
+second (1.17 to 1.34 GB). `trim_heap`, called by the decode lanes and at most every ten
 seconds in the process, hands the arenas' free pages back (glibc's malloc_trim); the same run
-then stays at 1.10-1.18 GB.
+then stays at 1.11-1.14 GB. Every two seconds held it as flat but cost time on the pyav route.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 THRESHOLD_BYTES = 1 << 20
-TRIM_EVERY_S = 2.0
+TRIM_EVERY_S = 10.0
 _done = False
 _trim_lock = threading.Lock()
 _trim_state: dict = {"fn": None, "last": 0.0}  # fn: libc's malloc_trim, False off glibc
