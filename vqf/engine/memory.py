@@ -37,11 +37,10 @@ def fix_mmap_threshold(threshold: int = THRESHOLD_BYTES) -> bool:
     global _done
     if _done:
         return True
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name) if name else None
+        libc = _libc()
         ok = bool(libc is not None and libc.mallopt(M_MMAP_THRESHOLD, int(threshold)))
-    except (OSError, AttributeError):  # musl, macOS: no mallopt, nothing to do
+    except AttributeError:  # musl, macOS: no mallopt, nothing to do
         ok = False
     _done = ok
     if not ok:
@@ -61,12 +60,8 @@ def trim_heap(*, every_s: float = TRIM_EVERY_S) -> bool:
             return False
         _trim_state["last"] = now
         fn = _trim_state["fn"]
-        if fn is None:
-            name = ctypes.util.find_library("c")
-            try:
-                fn = ctypes.CDLL(name).malloc_trim if name else False
-            except (OSError, AttributeError):  # musl, macOS: nothing to trim this way
-                fn = False
+        if fn is None:  # musl, macOS: nothing to trim this way
+            fn = getattr(_libc(), "malloc_trim", False)
             _trim_state["fn"] = fn
         if fn is False:
             return False
@@ -74,3 +69,12 @@ def trim_heap(*, every_s: float = TRIM_EVERY_S) -> bool:
         return True
     finally:
         _trim_lock.release()
+
+
+def _libc():
+    """The C library, or None where it cannot be loaded by name."""
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name) if name else None
+    except OSError:
+        return None

@@ -71,11 +71,15 @@ def model_needs(recipe: Recipe) -> list:
     return [n for n in needs if n is not None]
 
 
+def dense_readers(recipe: Recipe) -> list[str]:
+    """The enabled filters that read the dense grid ("dense" in their `reads`)."""
+    return [name for name, cls in enabled_filters(recipe).items() if "dense" in cls.reads]
+
+
 def dense_fps(recipe: Recipe) -> float:
     """The dense grid the recipe's plans need: `sampling.dense_fps` when an enabled filter
-    reads "dense" (declared in its `reads`), else 0, so no frame is decoded for nobody."""
-    readers = [name for name, cls in enabled_filters(recipe).items() if "dense" in cls.reads]
-    return float(recipe.sampling.dense_fps) if readers else 0.0
+    reads it (`dense_readers`), else 0, so no frame is decoded for nobody."""
+    return float(recipe.sampling.dense_fps) if dense_readers(recipe) else 0.0
 
 
 def load_models(*, recipe: Recipe, device, resolve=None, cache_dir=None) -> ModelBank:

@@ -216,13 +216,13 @@ def nvdec_codecs(device: str | None) -> tuple[str, ...]:
 
 def describe(path: str | Path, *, recipe: Recipe, device: str | None = None) -> str:
     """A readable account of the file's metadata and the sampling plan the recipe gives it."""
-    from vqf.filters import dense_fps, enabled_filters
+    from vqf.filters import dense_fps, dense_readers
     from vqf.video.plan import make_plan
 
     info = probe(path, decode=recipe.decode, sampling=recipe.sampling, device=device)
     fps = dense_fps(recipe)
     plan = make_plan(info.timestamps, sampling=recipe.sampling, dense_fps=fps)
-    readers = [name for name, cls in enabled_filters(recipe).items() if "dense" in cls.reads]
+    readers = dense_readers(recipe)
     dense = (
         f"{len(plan.dense)} frames, at least {fps:g} a second, for {', '.join(readers)}"
         if fps
