@@ -258,3 +258,21 @@ def test_profile_refuses_zero_videos(sample, capsys):
     recipe, folder = sample
     assert main([str(recipe), "--videos", "0", "--out", str(folder / "p0")]) == 2
     assert "--videos 0" in capsys.readouterr().err
+
+
+def test_bench_engine_prints_the_cost_of_each_added_minute():
+    """Start-up cancels out of the slope between two lengths; a rising slope is printed as a
+    ratio over the first step, so a cost growing with length shows."""
+    from vqf.bench.engine import marginal
+
+    runs = [
+        {"codec": "vp9", "minutes": 1.0, "seconds": 14.0},
+        {"codec": "vp9", "minutes": 10.0, "seconds": 77.0},
+        {"codec": "vp9", "minutes": 30.0, "seconds": 357.0},
+    ]
+    lines = marginal(runs)
+    assert lines == [
+        "vp9 1 -> 10 min: 7.00 s per added minute",
+        "vp9 10 -> 30 min: 14.00 s per added minute = 2.00x the first step",
+    ]
+    assert marginal(runs[:1]) == []

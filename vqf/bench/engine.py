@@ -11,7 +11,9 @@ generated 640x360 videos of the given lengths (1, 10 and 30 minutes by default),
 pyav route on a CPU) and VP9 (DALI's CPU decoder: a DALI route measured without a GPU), at
 the given clip size; prints seconds and CPU seconds per minute of video (the run's start-up,
 measured on a 5-second video, taken off) and peak RSS, each against the shortest video of its
-codec: both should stay flat (goals: 1.15x for time, 1.3x for RSS).
+codec: both should stay flat (goals: 1.15x for time, 1.3x for RSS). It also prints the seconds
+each added minute costs between consecutive lengths, where start-up cancels out: the steadier
+figure for time, since a short run's start-up varies by seconds on a shared machine.
 """
 
 from __future__ import annotations
@@ -205,7 +207,25 @@ def memory_summary(results: list[dict]) -> list[str]:
                 f"{r['net_cpu_per_min']:.2f} CPU s/min = {cpu_ratio}, peak RSS "
                 f"{r['peak_rss_gib']:.2f} GiB = {rss_ratio:.2f}x the {base['minutes']:g} min run"
             )
+        lines += marginal(mine)
     return lines
+
+
+def marginal(runs: list[dict]) -> list[str]:
+    """Seconds per minute between consecutive lengths of one codec: the difference of two runs,
+    where start-up cancels out. A cost that grows with length shows as a rising slope."""
+    slopes = [
+        (a, b, (b["seconds"] - a["seconds"]) / (b["minutes"] - a["minutes"]))
+        for a, b in zip(runs, runs[1:])
+    ]
+    if not slopes:
+        return []
+    first = slopes[0][2]
+    return [
+        f"{b['codec']} {a['minutes']:g} -> {b['minutes']:g} min: {slope:.2f} s per added minute"
+        + (f" = {_ratio(slope, first)} the first step" if k else "")
+        for k, (a, b, slope) in enumerate(slopes)
+    ]
 
 
 def _ratio(value: float, base: float) -> str:
