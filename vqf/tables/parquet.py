@@ -16,7 +16,7 @@ from vqf.errors import TableError
 from vqf.tables.base import (
     FORMATS,
     Done,
-    check_rank,
+    ShardDirectory,
     check_slice,
     fsync_dir,
     lock_rank,
@@ -87,28 +87,16 @@ class ParquetTable:
             raise TableError(f"cannot read {str(self.path)!r} row group {group}: {e}") from None
 
 
-class ParquetSink:
+class ParquetSink(ShardDirectory):
     """Rank r writes `<dir>/part-{r:05d}-{seq:06d}.parquet`, one atomic file per write."""
 
     def __init__(self, directory: Path, *, rank: int, world_size: int, columns: Sequence[str]):
         import pyarrow as pa
 
-        check_rank(rank=rank, world_size=world_size)
-        self.directory = Path(directory)
-        self.uri = str(directory)
-        self.rank = rank
-        self.columns = tuple(columns)
+        super().__init__(directory, rank=rank, world_size=world_size, columns=columns)
         self.schema = pa.schema([(name, pa.string()) for name in self.columns])
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self._lock = lock_rank(self.directory, rank=rank)
-        if self._lock is None:
-            raise TableError(
-                f"another process is writing shard {rank} of {self.uri!r}",
-                hint="each rank of a run needs its own rank number; stop the other run first",
-            )
         self.removed_temps = _remove_temps(self.directory, rank=rank, world_size=world_size)
         self._seq = self._next_seq()
-        self._closed = False
 
     def _next_seq(self) -> int:
         seqs = [
@@ -134,8 +122,7 @@ class ParquetSink:
 
         if not records:
             return
-        if self._closed:
-            raise TableError(f"sink {self.uri!r} is closed")
+        self.check_open()
         rows = [output_record(r, self.columns) for r in records]
         table = pa.Table.from_pylist(rows, schema=self.schema)
         if any("_embeddings" in r for r in records):
@@ -152,17 +139,6 @@ class ParquetSink:
         os.replace(temp, self.directory / name)
         fsync_dir(self.directory)
         self._seq += 1
-
-    def close(self) -> None:
-        self._closed = True
-        unlock(self._lock)
-        self._lock = None
-
-    def __enter__(self) -> ParquetSink:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def _remove_temps(directory: Path, *, rank: int, world_size: int) -> list[str]:
