@@ -256,3 +256,34 @@ def test_gpu_outputs_stay_on_the_gpu(video_factory):
     cpu = plane_for("cpu")
     (on_cpu,) = cpu.decode([cpu.prepare(path, uri=str(path))])
     assert_close(decoded.frames, on_cpu.frames)
+
+
+def test_frame_filters_give_one_pass_numbers_from_chunks_and_reused_buffers(video_factory):
+    """Every frame filter fed chunk by chunk equals one pass over the whole video, bit for
+    bit, also when the thread's float buffers served another, larger video just before."""
+    from vqf.config import FilterConfig
+    from vqf.filters import FILTERS
+    from vqf.filters.frames import FrameFilter, FrameMeasures
+
+    plane = plane_for("cpu")
+    short, long = (
+        plane.decode([plane.prepare(p, uri=str(p))])[0]
+        for p in (
+            video_factory(codec="h264", width=96, height=64, seconds=2, seed=5),
+            video_factory(codec="h264", width=96, height=64, seconds=4, seed=6),
+        )
+    )
+    plane.close()
+    names = [n for n in FILTERS.names() if issubclass(FILTERS.get(n), FrameFilter)]
+    assert {"motion", "exposure", "cuts", "camera"} <= set(names)
+
+    def measure(video, chunk: int) -> dict:
+        filters = [FILTERS.get(n)(spec=FilterConfig()) for n in names]
+        m = FrameMeasures(filters, plan=video.plan, info=video.info, sampling=SAMPLING)
+        for start in range(0, len(video.frames), chunk):
+            m.add(video.frames[start : start + chunk])
+        return m.finish()
+
+    whole = measure(short, len(short.frames))
+    measure(long, len(long.frames))  # fills the buffers with another video's frames
+    assert measure(short, 7) == whole

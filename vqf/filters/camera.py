@@ -94,10 +94,12 @@ class CameraFilter(FrameFilter):
     def features(self, pixels: Pixels) -> dict[str, torch.Tensor]:
         import torch.nn.functional as F
 
-        y = pixels.with_prev("luma")[:, None]
-        width = min(self.options.thumb_width, y.shape[3])
-        height = max(16, round(width * y.shape[2] / y.shape[3]))
-        thumb = F.interpolate(y, size=(height, width), mode="area")[:, 0]
+        y = pixels.luma
+        width = min(self.options.thumb_width, y.shape[2])
+        height = max(16, round(width * y.shape[1] / y.shape[2]))
+        thumb = pixels.with_prev(
+            "luma", lambda x: F.interpolate(x[:, None], size=(height, width), mode="area")[:, 0]
+        )
         out = pair_motion(thumb[:-1], thumb[1:], opts=self.options)
         if pixels.prev_luma is None:  # a video's first frame follows nothing
             out = {k: F.pad(v, (1, 0), value=float("nan")) for k, v in out.items()}

@@ -91,10 +91,13 @@ class CutsFilter(FrameFilter):
         import torch
         import torch.nn.functional as F
 
-        rgb = pixels.with_prev("rgb")
+        rgb = pixels.rgb
         height = max(1, round(self.options.thumb_width * rgb.shape[2] / rgb.shape[3]))
-        thumb = F.interpolate(rgb, size=(height, self.options.thumb_width), mode="area")
-        hsv = hsv255(thumb)
+        size = (height, self.options.thumb_width)
+        thumb = pixels.with_prev("rgb", lambda x: F.interpolate(x, size=size, mode="area"))
+        # in 8-bit levels, as PySceneDetect's OpenCV sees frames: the hue of a near-grey float
+        # pixel swings with the last bit of its channels, and so would the distances
+        hsv = hsv255(thumb.mul(255.0).round_().div_(255.0))
         change = (hsv[1:] - hsv[:-1]).abs()
         hue = torch.minimum(change[:, 0], 180.0 - change[:, 0])  # hue is an angle
         pair = torch.stack([hue, change[:, 1], change[:, 2]], dim=1).mean(dim=(2, 3))

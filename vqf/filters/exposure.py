@@ -41,11 +41,18 @@ class ExposureFilter(FrameFilter):
     Options = ExposureOptions
 
     def features(self, pixels: Pixels) -> dict[str, torch.Tensor]:
+        import torch
+
         y = pixels.luma
+        pixels_per_frame = y.shape[1] * y.shape[2]
+
+        def share(mask):  # counted on the mask itself: no float copy of the chunk
+            return torch.count_nonzero(mask, dim=(1, 2)).float() / pixels_per_frame
+
         return {
             "mean_luma": y.mean(dim=(1, 2)),
-            "dark_share": (y < self.options.dark_level).float().mean(dim=(1, 2)),
-            "bright_share": (y > self.options.bright_level).float().mean(dim=(1, 2)),
+            "dark_share": share(y < self.options.dark_level),
+            "bright_share": share(y > self.options.bright_level),
         }
 
     def summarise(self, features: dict[str, np.ndarray], layout: FrameLayout) -> dict[str, Any]:

@@ -10,6 +10,7 @@ on a whole `Decoded` at once (tools and tests).
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -38,11 +39,16 @@ class Pixels:
     prev_rgb: torch.Tensor | None = None
     prev_luma: torch.Tensor | None = None
 
-    def with_prev(self, which: str) -> torch.Tensor:
-        """`rgb` or `luma` with the previous frame prepended (when there is one)."""
+    def with_prev(self, which: str, each=None) -> torch.Tensor:
+        """`rgb` or `luma` with the previous frame prepended (when there is one). `each`, a map
+        that treats frames apart (a thumbnail), is applied to the chunk and to the previous
+        frame before they are joined, so the full-size chunk is never copied."""
         import torch
 
         values, prev = getattr(self, which), getattr(self, f"prev_{which}")
+        if each is not None:
+            values = each(values)
+            prev = None if prev is None else each(prev)
         return values if prev is None else torch.cat([prev, values])
 
 
@@ -107,6 +113,7 @@ class FrameMeasures:
         self._mean, self._std = sampling.mean, sampling.std
         self._parts: list[dict[str, dict[str, torch.Tensor]]] = []
         self._prev: tuple | None = None
+        self._scratch = Scratch.of_thread()
 
     def add(self, frames: torch.Tensor) -> None:
         """One chunk of model-ready frames (n, 3, H, W), normalised as the graph emits them."""
@@ -117,8 +124,10 @@ class FrameMeasures:
         with torch.inference_mode():
             mean = torch.tensor(self._mean, device=frames.device).view(1, 3, 1, 1)
             std = torch.tensor(self._std, device=frames.device).view(1, 3, 1, 1)
-            rgb = (frames.float() * std + mean).clamp_(0.0, 1.0)
-            y = luma(rgb)
+            n, _, height, width = frames.shape
+            rgb = torch.addcmul(mean, frames.float(), std, out=self._scratch.get("rgb", frames))
+            rgb.clamp_(0.0, 1.0)
+            y = luma(rgb, out=self._scratch.get("luma", frames, shape=(n, height, width)))
             prev_rgb, prev_luma = self._prev or (None, None)
             pixels = Pixels(rgb=rgb, luma=y, prev_rgb=prev_rgb, prev_luma=prev_luma)
             self._parts.append({f.name: f.features(pixels) for f in self.filters})
@@ -163,10 +172,48 @@ def layout_of(plan, info) -> FrameLayout:
     return FrameLayout(times=times, whole=whole.astype(np.int64), segments=segments, info=info)
 
 
-def luma(rgb: torch.Tensor) -> torch.Tensor:
-    """(N, 3, H, W) RGB in 0..1 -> (N, H, W) luma in 0..1."""
+def luma(rgb: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
+    """(N, 3, H, W) RGB in 0..1 -> (N, H, W) luma in 0..1 (into `out` when given)."""
+    import torch
+
     r, g, b = LUMA
-    return rgb[:, 0] * r + rgb[:, 1] * g + rgb[:, 2] * b
+    y = torch.mul(rgb[:, 0], r, out=out)
+    return y.add_(rgb[:, 1], alpha=g).add_(rgb[:, 2], alpha=b)
+
+
+class Scratch:
+    """Float32 buffers one video's chunks reuse, on the CPU only.
+
+    A chunk's full-size temporaries are tens of MB: each would come from a fresh mapping (the
+    rank caps glibc's mmap threshold so RSS stays flat, vqf/engine/memory.py) and be
+    page-faulted in again, a cost in system time about as large as the arithmetic. The CUDA
+    caching allocator already reuses its blocks, so on a GPU `get` gives None (a new tensor).
+    Each thread has its own (`of_thread`): a decode lane keeps its buffers from one video to
+    the next, about two chunks of frames in float32."""
+
+    _local = threading.local()
+
+    def __init__(self):
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    @classmethod
+    def of_thread(cls) -> Scratch:
+        scratch = getattr(cls._local, "scratch", None)
+        if scratch is None:
+            scratch = cls._local.scratch = cls()
+        return scratch
+
+    def get(self, name: str, like: torch.Tensor, *, shape=None) -> torch.Tensor | None:
+        import torch
+
+        if like.device.type != "cpu":
+            return None
+        shape = tuple(like.shape if shape is None else shape)
+        size = int(np.prod(shape))
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.numel() < size:
+            buffer = self._buffers[name] = torch.empty(size, dtype=torch.float32)
+        return buffer[:size].view(shape)
 
 
 def rounded(value: float, digits: int = 6) -> float:

@@ -49,11 +49,9 @@ class MotionFilter(FrameFilter):
         import torch
 
         # each frame's change from the one before; a video's first frame has none (NaN)
-        y = pixels.with_prev("luma")
-        diffs = (y[1:] - y[:-1]).abs().mean(dim=(1, 2))
-        if pixels.prev_luma is None:
-            diffs = torch.cat([diffs.new_full((1,), float("nan")), diffs])
-        return {"diff": diffs}
+        y, prev = pixels.luma, pixels.prev_luma
+        first = y.new_full((1,), float("nan")) if prev is None else change(prev, y[:1])
+        return {"diff": torch.cat([first, change(y[:-1], y[1:])])}
 
     def summarise(self, features: dict[str, np.ndarray], layout: FrameLayout) -> dict[str, Any]:
         diffs = features["diff"][1:]  # diffs[i]: frames i and i + 1
@@ -71,3 +69,8 @@ class MotionFilter(FrameFilter):
             "static": score < self.options.static_max,
             "segments": segment_map(layout, segments, "score"),
         }
+
+
+def change(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+    """(n, H, W) twice -> (n,) mean absolute luma change, with one temporary."""
+    return (after - before).abs_().mean(dim=(1, 2))
