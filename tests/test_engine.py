@@ -205,3 +205,33 @@ def test_the_heap_is_trimmed_at_most_once_per_interval():
     trim_heap(every_s=0.0)  # whatever came before, the clock starts now
     assert trim_heap(every_s=3600.0) is False  # not yet time: the next caller returns at once
     assert trim_heap(every_s=0.0) is True
+
+
+def test_heap_thresholds_map_large_blocks_alone_and_keep_smaller_ones_in_the_heap():
+    """After the rank's set-up a 2 MiB block comes from the heap (no mapping of its own, no
+    fresh pages on every use) and a 16 MiB one gets its own mapping, given back when freed."""
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt is glibc's")
+    script = """
+import ctypes, ctypes.util
+from vqf.engine.memory import MMAP_BYTES, fix_heap_thresholds
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+assert fix_heap_thresholds()
+def mapped(size):  # is a block of `size` bytes a mapping of its own (starts a region)?
+    ptr = libc.malloc(size)
+    starts = [int(line.split("-")[0], 16) for line in open("/proc/self/maps")]
+    own = any(0 <= ptr - start <= 4096 for start in starts)
+    libc.free(ptr)
+    return own
+print(mapped(MMAP_BYTES // 2), mapped(MMAP_BYTES * 4))
+"""
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "True"]

@@ -1,17 +1,29 @@
-"""Keeping a long-running rank's heap from growing with the work it has done.
+"""Keeping a long-running rank's heap from growing with the work it has done, cheaply.
 
 glibc raises its mmap threshold each time a large block is freed (up to 32 MiB), after which
 blocks of that size come from the heap instead of their own mappings. A rank allocates and
-frees decoded chunks and clip buffers of a few MiB to tens of MiB for hours, from several
-threads, so its heap fragments and RSS creeps up with video length even though the frames in
-flight stay under the budget. A fixed threshold keeps such blocks in mappings of their own,
-returned to the system the moment they are freed (measured with `vqf bench-engine memory`).
+frees decoded chunks, clip batches and model temporaries of a few MiB to tens of MiB for
+hours, from several threads, so with glibc's defaults its heap fragments and RSS swings with
+the work: a 10-minute H.264 video went from 1.5 to 3.8 GB and back between trims.
 
-Smaller blocks still fragment the per-thread arenas: with the frame filters' many small
-temporaries per chunk, a 10-minute VP9 video on the DALI CPU route grew RSS by about 2 MB a
-second (1.17 to 1.34 GB). `trim_heap`, called by the decode lanes and at most every ten
-seconds in the process, hands the arenas' free pages back (glibc's malloc_trim); the same run
-then stays at 1.11-1.14 GB. Every two seconds held it as flat but cost time on the pyav route.
+The rank fixes the thresholds instead (`fix_heap_thresholds`): blocks of `MMAP_BYTES` (4 MiB)
+and more get mappings of their own, returned the moment they are freed; smaller ones come
+from the arenas, which keep up to `TRIM_BYTES` (64 MiB) free at their top rather than
+handing it back on every free. A lower mmap threshold holds RSS as flat but pays for it in
+page faults: at 1 MiB, every torch temporary over 1 MiB was a fresh mapping faulted in page
+by page, and system time was a third of the CPU time of a long H.264 video (17.8 million
+faults in 10 minutes). Measured on a 10-minute 640x360 video with the demo's filters at
+256x256 clips (one run each, VmRSS sampled every 3 s):
+
+| thresholds (mmap / trim) | H.264: processing, RSS | VP9 (DALI): processing, RSS |
+|---|---|---|
+| 1 MiB / 128 KiB | 30.6 s, 1.15-1.35 GB | 60.7 s, 1.09-1.19 GB |
+| 4 MiB / 64 MiB (these) | 24.4 s, 1.24-1.50 GB | 55.3 s, 1.13-1.26 GB |
+| 16 MiB / 128 MiB | 20.7 s, up to 1.85 GB | |
+
+Freed pages inside the arenas still fragment them: `trim_heap`, called by the decode lanes
+and at most every ten seconds in the process, hands them back (glibc's malloc_trim); without
+it a 10-minute VP9 video on the DALI CPU route grew by about 2 MB a second.
 """
 
 from __future__ import annotations
@@ -24,22 +36,27 @@ import time
 
 log = logging.getLogger(__name__)
 
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
-THRESHOLD_BYTES = 1 << 20
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+MMAP_BYTES = 4 << 20
+TRIM_BYTES = 64 << 20
 TRIM_EVERY_S = 10.0
 _done = False
 _trim_lock = threading.Lock()
 _trim_state: dict = {"fn": None, "last": 0.0}  # fn: libc's malloc_trim, False off glibc
 
 
-def fix_mmap_threshold(threshold: int = THRESHOLD_BYTES) -> bool:
-    """Sets glibc's mmap threshold to `threshold` once per process; False off glibc."""
+def fix_heap_thresholds(*, mmap_bytes: int = MMAP_BYTES, trim_bytes: int = TRIM_BYTES) -> bool:
+    """Sets glibc's mmap and trim thresholds once per process; False off glibc."""
     global _done
     if _done:
         return True
     try:
         libc = _libc()
-        ok = bool(libc is not None and libc.mallopt(M_MMAP_THRESHOLD, int(threshold)))
+        ok = bool(
+            libc is not None
+            and libc.mallopt(M_MMAP_THRESHOLD, int(mmap_bytes))
+            and libc.mallopt(M_TRIM_THRESHOLD, int(trim_bytes))
+        )
     except AttributeError:  # musl, macOS: no mallopt, nothing to do
         ok = False
     _done = ok

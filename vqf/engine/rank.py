@@ -32,7 +32,7 @@ from vqf.decide import rules_of
 from vqf.engine.context import Context
 from vqf.engine.flow import END, Budget, put
 from vqf.engine.job import VideoJob
-from vqf.engine.memory import fix_mmap_threshold
+from vqf.engine.memory import fix_heap_thresholds
 from vqf.engine.recorder import Recorder
 from vqf.engine.runtime import Runtime
 from vqf.engine.stats import RankStats
@@ -53,7 +53,7 @@ class Rank:
         self.rank = rank
         self.world_size = world_size
         self.device = device
-        fix_mmap_threshold()  # RSS must not creep up with the hours of work a rank does
+        fix_heap_thresholds()  # RSS must not creep up with the hours of work a rank does
         self.stats = stats or RankStats(rank=rank, world_size=world_size, device=device)
         self.device_info = describe_device(device, rank=rank, world_size=world_size)
         self.pool = "device" if device.startswith("cuda") else "host"
