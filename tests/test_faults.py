@@ -300,10 +300,12 @@ def test_oss_outage_resets_vanishing_tier_and_full_cache_slow_the_run_down(
     moved = [k for k in range(12) if oss_server.requests_for(f"v/{k}.mp4", "GET")]
     assert len(moved) >= 4, "OSS did not take over from the vanished CPFS root"
     # a video probed from CPFS before the root vanished may fail to decode; no other. At most
-    # 4 are past the probe at once: a detection batch of 2, one waiting, one decoding
+    # 6 are past the probe at once: one the prepare worker holds for the detect queue, one in
+    # that queue (prefetch 0: queues of one), a detection batch of 2, one in the decode queue
+    # and one decoding
     failed = {k: v["error"] for k, v in got.items() if v["succeed"] != "true"}
     stages = {e["stage"] for e in failed.values()}
-    assert len(failed) <= 4 and stages <= {"probe", "detect", "decode"}, failed
+    assert len(failed) <= 1 + 1 + 2 + 1 + 1 and stages <= {"probe", "detect", "decode"}, failed
     assert all(got[f"v{k}"]["succeed"] == "true" for k in moved), failed
     gets = [r for r in oss_server.requests if r[0] == "GET"]
     assert len(gets) >= len(moved) + 4  # the 503s were retried
