@@ -189,7 +189,7 @@ class Scratch:
     page-faulted in again, a cost in system time about as large as the arithmetic. The CUDA
     caching allocator already reuses its blocks, so on a GPU `get` gives None (a new tensor).
     Each thread has its own (`of_thread`): a decode lane keeps its buffers from one video to
-    the next, about two chunks of frames in float32."""
+    the next: one chunk of frames and its luma, in float32."""
 
     _local = threading.local()
 
