@@ -12,23 +12,29 @@ on their centre:
   which blur and grain hardly change), so a dark or low-contrast picture keeps its score, a
   blurred, smeared or upscaled one loses it, and grain adds to it as it adds to SI;
   `blurry` is `score < blur_max`;
-- `upscale`: the factor the video was enlarged by (1.0 = detail up to the pixel grid), from the
-  frequency at which the luma spectrum, whitened by f^2 (natural pictures fall as 1/f^2), first
-  drops `cutoff_db` under its highest level at lower frequencies, along rows and along columns: detail that a
-  video never had stops at 1 / (2 x factor) cycles per pixel. Gaussian blur removes the same
-  frequencies and reads as an upscale too.
+- `detail`: how far up the frequency range the picture holds detail (1.0 = up to the pixel
+  grid, 0.25 = a quarter of it), from the frequency at which the luma spectrum, whitened by f^2
+  (natural pictures fall as 1/f^2), first drops `cutoff_db` under its highest level at lower
+  frequencies, along rows and along columns, the sharper axis counting; blur, a soft lens, a
+  soft encode and an upscale all lower it;
+- `upscale`: the factor the video was enlarged by (1.0 = not enlarged), only where the frames'
+  lines fit a coarser sampling grid exactly (`vqf.filters.resampling`): an axis whose detail
+  stops short of the grid is searched for the grid it was resampled from, over factors from
+  half to 1.6 times what its spectrum suggests. A blurred video has low `detail` and no
+  upscale.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from vqf.config import FilterConfig
 from vqf.errors import ConfigError
 from vqf.filters.base import DetectionFilter, DetectResult, register
 from vqf.filters.frames import LUMA, check_range, rounded
+from vqf.filters.resampling import FIT_MAX, upscale_factor
 
 if TYPE_CHECKING:
     import torch
@@ -40,6 +46,10 @@ EDGE_RANGE = 6.0  # an edge line whose luma varies less than this on every frame
 BANDS = (0.02, 0.5, 0.025)  # whitened-spectrum bands: first edge, last edge, width (cycles/px)
 PLATEAU = 3  # bands that give the low-frequency level
 MIN_SIDE = 64  # pixels a side needs for a spectrum
+SOFT = 1.2  # an axis whose spectrum suggests a factor under this is not searched for a grid
+# factors searched, as multiples of the spectrum's: a soft source reads higher than its factor,
+# a sharpened upscale lower
+SEARCH = (0.5, 1.6)
 MAX_SIDE = 1280  # a larger frame is measured on its centre, at its own resolution (cost)
 
 
@@ -47,10 +57,12 @@ MAX_SIDE = 1280  # a larger frame is measured on its centre, at its own resoluti
 class SharpnessOptions:
     blur_max: float = 0.6  # a score under this marks the video blurry (see the README's table)
     cutoff_db: float = 9.0  # drop under the spectrum's peak so far where detail ends
+    fit_max: float = FIT_MAX  # a grid fitting this much better than its neighbours: an upscale
 
     def __post_init__(self):
         check_range("sharpness", "blur_max", self.blur_max, high=8.0)
         check_range("sharpness", "cutoff_db", self.cutoff_db, low=1.0, high=40.0)
+        check_range("sharpness", "fit_max", self.fit_max, low=0.05, high=1.0)
 
 
 @register
@@ -80,19 +92,21 @@ class SharpnessFilter(DetectionFilter):
         import torch
 
         with torch.inference_mode():
-            y = trim_bars(luma255(centre(native, side=MAX_SIDE)))
+            y, spans = picture(luma255(native))
             spread = y.flatten(1).std(dim=1)
             y = y[spread >= FLAT_STD]
             if len(y) == 0 or min(y.shape[1:]) < 3:
-                info = {"score": 0.0, "si": 0.0, "upscale": None, "blurry": False, "frames": 0}
+                info = {"score": 0.0, "si": 0.0, "detail": None, "upscale": None}
+                info |= {"blurry": False, "frames": 0}
                 return DetectResult(info={self.keys["detect"]: info}, crop=None)
             si = sobel_spread(y)
             ratio = si / contrast(y).clamp_min(FLAT_STD)
             score, si_mean = (float(v) for v in torch.stack([ratio.mean(), si.mean()]).cpu())
-            upscale = upscale_factor(y, cutoff_db=self.options.cutoff_db)
+            detail, upscale = resolution(y, spans, opts=self.options)
         info: dict[str, Any] = {
             "score": rounded(score, 4),
             "si": rounded(si_mean, 2),
+            "detail": None if detail is None else rounded(detail, 3),
             "upscale": None if upscale is None else rounded(upscale, 2),
             "blurry": score < self.options.blur_max,
             "frames": len(y),
@@ -100,11 +114,39 @@ class SharpnessFilter(DetectionFilter):
         return DetectResult(info={self.keys["detect"]: info}, crop=None)
 
 
-def centre(native: torch.Tensor, *, side: int) -> torch.Tensor:
-    """(D, H, W, C) -> the centred window of at most `side` x `side` pixels (a view)."""
-    h, w = native.shape[1:3]
-    top, left = max(0, (h - side) // 2), max(0, (w - side) // 2)
-    return native[:, top : top + min(h, side), left : left + min(w, side)]
+def picture(y: torch.Tensor) -> tuple[torch.Tensor, tuple[Span, Span]]:
+    """(D, H, W) luma -> the part measured: the picture without its bars (uniform edge lines),
+    at most MAX_SIDE pixels a side around its centre; and where that part lies along the
+    columns and along the rows (`Span`)."""
+    top, bottom, left, right = bar_widths(y)
+    y = y[:, top : y.shape[1] - bottom, left : y.shape[2] - right]
+    h, w = y.shape[1:]
+    dy, dx = max(0, (h - MAX_SIDE) // 2), max(0, (w - MAX_SIDE) // 2)
+    spans = (
+        Span(left + dx, left + w + right, (left, right)),
+        Span(top + dy, top + h + bottom, (top, bottom)),
+    )
+    return y[:, dy : dy + MAX_SIDE, dx : dx + MAX_SIDE], spans
+
+
+class Span(NamedTuple):
+    """Where the measured part lies along one axis of the frame."""
+
+    start: int  # its first pixel, counted from the frame's edge
+    frame: int  # the frame's length
+    bars: tuple[int, int]  # bar lines trimmed before and after it
+
+    def grids(self) -> list[tuple[int, int]]:
+        """(start, length) of the measured part in each picture an upscaler may have enlarged:
+        the frame, and where it has bars, the picture inside them (a codec's ringing can leave
+        the bar's last line uneven, so also one line further in)."""
+        out = [(self.start, self.frame)]
+        before, after = self.bars
+        if before or after:
+            for a in {before, before + 1} if before else {0}:
+                for b in {after, after + 1} if after else {0}:
+                    out.append((self.start - a, self.frame - a - b))
+        return out
 
 
 def luma255(native: torch.Tensor) -> torch.Tensor:
@@ -124,8 +166,9 @@ def contrast(y: torch.Tensor) -> torch.Tensor:
     return pooled.flatten(1).std(dim=1)
 
 
-def trim_bars(y: torch.Tensor) -> torch.Tensor:
-    """`y` without the edge lines that are flat on every frame (bars), at most 45% a side."""
+def bar_widths(y: torch.Tensor) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right): the edge lines of `y` (D, H, W) flat on every frame (bars),
+    at most 45% a side."""
     h, w = y.shape[1:]
     flat_rows = (y.amax(dim=(0, 2)) - y.amin(dim=(0, 2))) < EDGE_RANGE  # (H,)
     flat_cols = (y.amax(dim=(0, 1)) - y.amin(dim=(0, 1))) < EDGE_RANGE  # (W,)
@@ -135,7 +178,7 @@ def trim_bars(y: torch.Tensor) -> torch.Tensor:
 
     top, bottom = min(run(flat_rows), int(0.45 * h)), min(run(flat_rows.flip(0)), int(0.45 * h))
     left, right = min(run(flat_cols), int(0.45 * w)), min(run(flat_cols.flip(0)), int(0.45 * w))
-    return y[:, top : h - bottom, left : w - right]
+    return top, bottom, left, right
 
 
 def sobel_spread(y: torch.Tensor) -> torch.Tensor:
@@ -148,16 +191,23 @@ def sobel_spread(y: torch.Tensor) -> torch.Tensor:
     return (gx.square() + gy.square()).sqrt().flatten(1).std(dim=1)
 
 
-def upscale_factor(y: torch.Tensor, *, cutoff_db: float) -> float | None:
-    """How many times larger the frames are than the detail they hold (>= 1), or None when a
-    side is too short for a spectrum. The sharper axis decides: an upscale enlarges both."""
+def resolution(
+    y: torch.Tensor, spans: tuple[Span, Span], *, opts: SharpnessOptions
+) -> tuple[float | None, float | None]:
+    """(detail, upscale) of the measured part `y` (D, H, W), or (None, None) when a side is
+    too short for a spectrum. Each soft axis is searched for the grid it was resampled from;
+    the surer fit gives the factor."""
     if min(y.shape[1:]) < MIN_SIDE:
-        return None
-    top = max(
-        cutoff_frequency(y, cutoff_db=cutoff_db),
-        cutoff_frequency(y.transpose(1, 2), cutoff_db=cutoff_db),
-    )
-    return max(1.0, 0.5 / top)
+        return None, None
+    tops, best = [], (opts.fit_max, 1.0)
+    for lines, span in ((y, spans[0]), (y.transpose(1, 2), spans[1])):
+        top = cutoff_frequency(lines, cutoff_db=opts.cutoff_db)
+        tops.append(top)
+        if 0.5 / top >= SOFT:
+            factors = (0.5 / top * SEARCH[0], 0.5 / top * SEARCH[1])
+            for start, length in span.grids():
+                best = min(best, upscale_factor(lines, start=start, span=length, factors=factors))
+    return 2 * max(tops), best[1]
 
 
 def cutoff_frequency(y: torch.Tensor, *, cutoff_db: float) -> float:
