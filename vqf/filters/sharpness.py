@@ -18,10 +18,10 @@ on their centre:
   frequencies, along rows and along columns, the sharper axis counting; blur, a soft lens, a
   soft encode and an upscale all lower it;
 - `upscale`: the factor the video was enlarged by (1.0 = not enlarged), only where the frames'
-  lines fit a coarser sampling grid exactly (`vqf.filters.resampling`): an axis whose detail
-  stops short of the grid is searched for the grid it was resampled from, over factors from
-  half to 1.6 times what its spectrum suggests. A blurred video has low `detail` and no
-  upscale.
+  lines fit a coarser sampling grid exactly (`vqf.filters.resampling`): when detail stops
+  short of the pixel grid along both axes, each is searched for the grid it was resampled
+  from, over factors from half to 1.6 times what its spectrum suggests. A blurred video has
+  low `detail` and no upscale.
 """
 
 from __future__ import annotations
@@ -195,15 +195,16 @@ def resolution(
     y: torch.Tensor, spans: tuple[Span, Span], *, opts: SharpnessOptions
 ) -> tuple[float | None, float | None]:
     """(detail, upscale) of the measured part `y` (D, H, W), or (None, None) when a side is
-    too short for a spectrum. Each soft axis is searched for the grid it was resampled from;
-    the surer fit gives the factor."""
+    too short for a spectrum. When detail stops short of the pixel grid along both axes, each
+    is searched for the grid it was resampled from; the surer fit gives the factor (a video
+    enlarged along one axis only, such as anamorphic 960x1080, reads 1.0)."""
     if min(y.shape[1:]) < MIN_SIDE:
         return None, None
-    tops, best = [], (opts.fit_max, 1.0)
-    for lines, span in ((y, spans[0]), (y.transpose(1, 2), spans[1])):
-        top = cutoff_frequency(lines, cutoff_db=opts.cutoff_db)
-        tops.append(top)
-        if 0.5 / top >= SOFT:
+    axes = ((y, spans[0]), (y.transpose(1, 2), spans[1]))
+    tops = [cutoff_frequency(lines, cutoff_db=opts.cutoff_db) for lines, _ in axes]
+    best = (opts.fit_max, 1.0)
+    if 0.5 / max(tops) >= SOFT:  # both axes soft: an upscale enlarges both
+        for (lines, span), top in zip(axes, tops, strict=True):
             factors = (0.5 / top * SEARCH[0], 0.5 / top * SEARCH[1])
             for start, length in span.grids():
                 best = min(best, upscale_factor(lines, start=start, span=length, factors=factors))
