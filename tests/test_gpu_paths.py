@@ -362,3 +362,33 @@ def test_half_precision_tokens_are_finite_and_close_to_float32(device, dtype):
     other = random_backbone_model("tiny", crop_size=64, device=where, dtype=dtype, seed=8)
     moved = Backbone(name="other", model=other, device=torch.device(where), dtype=dtype)
     assert F.cosine_similarity(moved.encode(clips).float(), want, dim=-1).mean() < 0.9
+
+
+# -- (d) weight-free measures on the frames' own device ----------------------------------------
+def test_sharpness_finds_an_upscale_and_a_blur_on_the_frames_device(device):
+    """Frames enlarged 2.5x by torch's bicubic (a kernel the grid fit does not model) read 2.5;
+    the same detail blurred instead reads 1.0, with about the same `detail`; on CUDA, the
+    numbers are the CPU's."""
+    from vqf.config import FilterConfig
+    from vqf.filters.sharpness import SharpnessFilter
+
+    small = torch.rand(6, 3, 72, 128, generator=torch.Generator().manual_seed(3))
+    up = F.interpolate(small, size=(180, 320), mode="bicubic", align_corners=False)
+    noise = torch.rand(6, 3, 180, 320, generator=torch.Generator().manual_seed(4))
+    blurred = F.avg_pool2d(F.pad(noise, (2, 2, 2, 2), mode="reflect"), 5, stride=1)
+    blurred = (blurred - blurred.mean()) * (up.std() / blurred.std()) + 0.5
+    sharp = SharpnessFilter(spec=FilterConfig())
+
+    def measured(frames, where):
+        rgb = (frames.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+        return sharp.measure(rgb.contiguous().to(where)).info["sharpness"]
+
+    got = {name: measured(f, device) for name, f in (("up", up), ("blurred", blurred))}
+    assert got["up"]["upscale"] == 2.5 and got["blurred"]["upscale"] == 1.0, got
+    assert got["up"]["detail"] < 0.6 and got["blurred"]["detail"] < 0.6, got
+    if device == "cuda":
+        on_cpu = {name: measured(f, "cpu") for name, f in (("up", up), ("blurred", blurred))}
+        for name in got:
+            assert got[name]["upscale"] == on_cpu[name]["upscale"], (name, got, on_cpu)
+            assert got[name]["detail"] == pytest.approx(on_cpu[name]["detail"], abs=0.02)
+            assert got[name]["score"] == pytest.approx(on_cpu[name]["score"], rel=1e-3)
