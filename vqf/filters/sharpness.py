@@ -21,7 +21,8 @@ on their centre:
   lines fit a coarser sampling grid exactly (`vqf.filters.resampling`): when detail stops
   short of the pixel grid along both axes, each is searched for the grid it was resampled
   from, over factors from half to 1.6 times what its spectrum suggests. A blurred video has
-  low `detail` and no upscale.
+  low `detail` and no upscale. `grid_fit` is the best grid's residual over its neighbours'
+  (an upscale under `fit_max`, None where no grid was searched).
 """
 
 from __future__ import annotations
@@ -97,17 +98,18 @@ class SharpnessFilter(DetectionFilter):
             y = y[spread >= FLAT_STD]
             if len(y) == 0 or min(y.shape[1:]) < 3:
                 info = {"score": 0.0, "si": 0.0, "detail": None, "upscale": None}
-                info |= {"blurry": False, "frames": 0}
+                info |= {"grid_fit": None, "blurry": False, "frames": 0}
                 return DetectResult(info={self.keys["detect"]: info}, crop=None)
             si = sobel_spread(y)
             ratio = si / contrast(y).clamp_min(FLAT_STD)
             score, si_mean = (float(v) for v in torch.stack([ratio.mean(), si.mean()]).cpu())
-            detail, upscale = resolution(y, spans, opts=self.options)
+            detail, (fit, upscale) = resolution(y, spans, opts=self.options)
         info: dict[str, Any] = {
             "score": rounded(score, 4),
             "si": rounded(si_mean, 2),
             "detail": None if detail is None else rounded(detail, 3),
             "upscale": None if upscale is None else rounded(upscale, 2),
+            "grid_fit": None if fit is None else rounded(fit, 3),
             "blurry": score < self.options.blur_max,
             "frames": len(y),
         }
@@ -193,22 +195,25 @@ def sobel_spread(y: torch.Tensor) -> torch.Tensor:
 
 def resolution(
     y: torch.Tensor, spans: tuple[Span, Span], *, opts: SharpnessOptions
-) -> tuple[float | None, float | None]:
-    """(detail, upscale) of the measured part `y` (D, H, W), or (None, None) when a side is
+) -> tuple[float | None, tuple[float | None, float | None]]:
+    """(detail, (grid_fit, upscale)) of the measured part `y` (D, H, W); None where a side is
     too short for a spectrum. When detail stops short of the pixel grid along both axes, each
-    is searched for the grid it was resampled from; the surer fit gives the factor (a video
-    enlarged along one axis only, such as anamorphic 960x1080, reads 1.0)."""
+    is searched for the grid it was resampled from; the surer fit (`grid_fit`, lower = surer)
+    gives the factor when under `fit_max` (a video enlarged along one axis only, such as
+    anamorphic 960x1080, reads 1.0). `grid_fit` is None where nothing was searched."""
     if min(y.shape[1:]) < MIN_SIDE:
-        return None, None
+        return None, (None, None)
     axes = ((y, spans[0]), (y.transpose(1, 2), spans[1]))
     tops = [cutoff_frequency(lines, cutoff_db=opts.cutoff_db) for lines, _ in axes]
-    best = (opts.fit_max, 1.0)
+    best = (math.inf, 1.0)
     if 0.5 / max(tops) >= SOFT:  # both axes soft: an upscale enlarges both
         for (lines, span), top in zip(axes, tops, strict=True):
             factors = (0.5 / top * SEARCH[0], 0.5 / top * SEARCH[1])
             for start, length in span.grids():
                 best = min(best, upscale_factor(lines, start=start, span=length, factors=factors))
-    return 2 * max(tops), best[1]
+    fit = best[0] if math.isfinite(best[0]) else None
+    upscale = best[1] if fit is not None and fit < opts.fit_max else 1.0
+    return 2 * max(tops), (fit, upscale)
 
 
 def cutoff_frequency(y: torch.Tensor, *, cutoff_db: float) -> float:
