@@ -63,7 +63,7 @@ def lanczos3(t: torch.Tensor) -> torch.Tensor:
 KERNELS = {"linear": (linear, 1), "cubic": (cubic, 2), "lanczos3": (lanczos3, 3)}  # (w(t), radius)
 
 
-def upscale_factor(
+def best_grid(
     y: torch.Tensor, *, start: int, span: int, factors: tuple[float, float]
 ) -> tuple[float, float]:
     """(fit, factor) along the last axis of `y` (D, H, W) luma: the best grid's residual over

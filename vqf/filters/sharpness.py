@@ -35,7 +35,7 @@ from vqf.config import FilterConfig
 from vqf.errors import ConfigError
 from vqf.filters.base import DetectionFilter, DetectResult, register
 from vqf.filters.frames import LUMA, check_range, rounded
-from vqf.filters.resampling import FIT_MAX, upscale_factor
+from vqf.filters.resampling import FIT_MAX, best_grid
 
 if TYPE_CHECKING:
     import torch
@@ -93,7 +93,7 @@ class SharpnessFilter(DetectionFilter):
         import torch
 
         with torch.inference_mode():
-            y, spans = picture(luma255(native))
+            y, spans = picture(native)
             spread = y.flatten(1).std(dim=1)
             y = y[spread >= FLAT_STD]
             if len(y) == 0 or min(y.shape[1:]) < 3:
@@ -103,32 +103,29 @@ class SharpnessFilter(DetectionFilter):
             si = sobel_spread(y)
             ratio = si / contrast(y).clamp_min(FLAT_STD)
             score, si_mean = (float(v) for v in torch.stack([ratio.mean(), si.mean()]).cpu())
-            detail, (fit, upscale) = resolution(y, spans, opts=self.options)
+            found = resolution(y, spans, opts=self.options)
         info: dict[str, Any] = {
             "score": rounded(score, 4),
             "si": rounded(si_mean, 2),
-            "detail": None if detail is None else rounded(detail, 3),
-            "upscale": None if upscale is None else rounded(upscale, 2),
-            "grid_fit": None if fit is None else rounded(fit, 3),
+            "detail": None if found.detail is None else rounded(found.detail, 3),
+            "upscale": None if found.upscale is None else rounded(found.upscale, 2),
+            "grid_fit": None if found.grid_fit is None else rounded(found.grid_fit, 3),
             "blurry": score < self.options.blur_max,
             "frames": len(y),
         }
         return DetectResult(info={self.keys["detect"]: info}, crop=None)
 
 
-def picture(y: torch.Tensor) -> tuple[torch.Tensor, tuple[Span, Span]]:
-    """(D, H, W) luma -> the part measured: the picture without its bars (uniform edge lines),
-    at most MAX_SIDE pixels a side around its centre; and where that part lies along the
-    columns and along the rows (`Span`)."""
-    top, bottom, left, right = bar_widths(y)
-    y = y[:, top : y.shape[1] - bottom, left : y.shape[2] - right]
-    h, w = y.shape[1:]
-    dy, dx = max(0, (h - MAX_SIDE) // 2), max(0, (w - MAX_SIDE) // 2)
-    spans = (
-        Span(left + dx, left + w + right, (left, right)),
-        Span(top + dy, top + h + bottom, (top, bottom)),
-    )
-    return y[:, dy : dy + MAX_SIDE, dx : dx + MAX_SIDE], spans
+def picture(native: torch.Tensor) -> tuple[torch.Tensor, tuple[Span, Span]]:
+    """(D, H, W, 3) uint8 RGB -> the luma (0..255) of the part measured: the picture without
+    its bars (uniform edge lines), at most MAX_SIDE pixels a side around its centre; and where
+    that part lies along the columns and along the rows (`Span`)."""
+    top, bottom, left, right = bar_widths(native)
+    full_h, full_w = native.shape[1:3]
+    h, w = full_h - top - bottom, full_w - left - right
+    dy, dx = top + max(0, (h - MAX_SIDE) // 2), left + max(0, (w - MAX_SIDE) // 2)
+    y = luma255(native[:, dy : dy + min(h, MAX_SIDE), dx : dx + min(w, MAX_SIDE)])
+    return y, (Span(dx, full_w, (left, right)), Span(dy, full_h, (top, bottom)))
 
 
 class Span(NamedTuple):
@@ -142,13 +139,13 @@ class Span(NamedTuple):
         """(start, length) of the measured part in each picture an upscaler may have enlarged:
         the frame, and where it has bars, the picture inside them (a codec's ringing can leave
         the bar's last line uneven, so also one line further in)."""
-        out = [(self.start, self.frame)]
         before, after = self.bars
-        if before or after:
-            for a in {before, before + 1} if before else {0}:
-                for b in {after, after + 1} if after else {0}:
-                    out.append((self.start - a, self.frame - a - b))
-        return out
+        if not (before or after):
+            return [(self.start, self.frame)]
+        firsts = (before, before + 1) if before else (0,)
+        lasts = (after, after + 1) if after else (0,)
+        inside = [(self.start - a, self.frame - a - b) for a in firsts for b in lasts]
+        return [(self.start, self.frame), *inside]
 
 
 def luma255(native: torch.Tensor) -> torch.Tensor:
@@ -168,12 +165,21 @@ def contrast(y: torch.Tensor) -> torch.Tensor:
     return pooled.flatten(1).std(dim=1)
 
 
-def bar_widths(y: torch.Tensor) -> tuple[int, int, int, int]:
-    """(top, bottom, left, right): the edge lines of `y` (D, H, W) flat on every frame (bars),
-    at most 45% a side."""
-    h, w = y.shape[1:]
-    flat_rows = (y.amax(dim=(0, 2)) - y.amin(dim=(0, 2))) < EDGE_RANGE  # (H,)
-    flat_cols = (y.amax(dim=(0, 1)) - y.amin(dim=(0, 1))) < EDGE_RANGE  # (W,)
+def bar_widths(native: torch.Tensor) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right): the edge lines of `native` (D, H, W, 3) uint8 whose luma is
+    flat on every frame (bars), at most 45% a side. One frame's luma at a time: a 4K frame's
+    float copy is 33 MB, all of them together hundreds."""
+    import torch
+
+    h, w = native.shape[1:3]
+    rows = [torch.full((h,), v, device=native.device) for v in (math.inf, -math.inf)]
+    cols = [torch.full((w,), v, device=native.device) for v in (math.inf, -math.inf)]
+    for frame in native:
+        y = luma255(frame.unsqueeze(0))[0]
+        rows = [torch.minimum(rows[0], y.amin(dim=1)), torch.maximum(rows[1], y.amax(dim=1))]
+        cols = [torch.minimum(cols[0], y.amin(dim=0)), torch.maximum(cols[1], y.amax(dim=0))]
+    flat_rows = (rows[1] - rows[0]) < EDGE_RANGE  # (H,)
+    flat_cols = (cols[1] - cols[0]) < EDGE_RANGE  # (W,)
 
     def run(flat) -> int:  # leading flat lines
         return int(flat.long().cumprod(dim=0).sum())
@@ -193,16 +199,20 @@ def sobel_spread(y: torch.Tensor) -> torch.Tensor:
     return (gx.square() + gy.square()).sqrt().flatten(1).std(dim=1)
 
 
-def resolution(
-    y: torch.Tensor, spans: tuple[Span, Span], *, opts: SharpnessOptions
-) -> tuple[float | None, tuple[float | None, float | None]]:
-    """(detail, (grid_fit, upscale)) of the measured part `y` (D, H, W); None where a side is
-    too short for a spectrum. When detail stops short of the pixel grid along both axes, each
+class Resolution(NamedTuple):
+    detail: float | None  # how far up the frequency range detail reaches (1.0 = to the grid)
+    grid_fit: float | None  # the best grid's residual over its neighbours' (None: no search)
+    upscale: float | None  # the factor enlarged by (1.0 = not enlarged)
+
+
+def resolution(y: torch.Tensor, spans: tuple[Span, Span], *, opts: SharpnessOptions) -> Resolution:
+    """`Resolution` of the measured part `y` (D, H, W); all None where a side is too short
+    for a spectrum. When detail stops short of the pixel grid along both axes, each
     is searched for the grid it was resampled from; the surer fit (`grid_fit`, lower = surer)
     gives the factor when under `fit_max` (a video enlarged along one axis only, such as
     anamorphic 960x1080, reads 1.0). `grid_fit` is None where nothing was searched."""
     if min(y.shape[1:]) < MIN_SIDE:
-        return None, (None, None)
+        return Resolution(None, None, None)
     axes = ((y, spans[0]), (y.transpose(1, 2), spans[1]))
     tops = [cutoff_frequency(lines, cutoff_db=opts.cutoff_db) for lines, _ in axes]
     best = (math.inf, 1.0)
@@ -210,10 +220,10 @@ def resolution(
         for (lines, span), top in zip(axes, tops, strict=True):
             factors = (0.5 / top * SEARCH[0], 0.5 / top * SEARCH[1])
             for start, length in span.grids():
-                best = min(best, upscale_factor(lines, start=start, span=length, factors=factors))
+                best = min(best, best_grid(lines, start=start, span=length, factors=factors))
     fit = best[0] if math.isfinite(best[0]) else None
     upscale = best[1] if fit is not None and fit < opts.fit_max else 1.0
-    return 2 * max(tops), (fit, upscale)
+    return Resolution(2 * max(tops), fit, upscale)
 
 
 def cutoff_frequency(y: torch.Tensor, *, cutoff_db: float) -> float:
