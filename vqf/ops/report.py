@@ -13,8 +13,6 @@ SVG, so the page needs no network when viewed. Thresholds come from the run's
 from __future__ import annotations
 
 import argparse
-import base64
-import html
 import math
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -23,12 +21,11 @@ from typing import Any
 import numpy as np
 
 from vqf.decide import Rule, info_path, parse_rules
+from vqf.ops.charts import curve_svg, escape, histogram_svg, timeline_svg
+from vqf.ops.thumbnails import Thumbnails
 
 STRIP = 4  # videos per thumbnail strip
 TIMELINES = 200  # videos whose transitions the page draws
-TIMELINE_W, TIMELINE_H = 480, 40
-FRAMES = 4  # frames per video thumbnail
-THUMB_HEIGHT = 72
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,7 +128,7 @@ def render(rows: list[dict[str, Any]], *, rules: list[Rule], title: str) -> str:
     scores = [scalars(r.get("info") or {}) for r in good]
     thumbs = Thumbnails()
     parts = [
-        f"<h1>{_e(title)}</h1>",
+        f"<h1>{escape(title)}</h1>",
         _counts(rows, good),
         _failures(rows),
         _reasons(good),
@@ -148,7 +145,7 @@ def render(rows: list[dict[str, Any]], *, rules: list[Rule], title: str) -> str:
         )
     body = "\n".join(parts)
     return (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(title)}</title>"
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)}</title>"
         f"<style>{CSS}</style></head><body>{body}</body></html>\n"
     )
 
@@ -164,7 +161,9 @@ def _counts(rows, good) -> str:
         ("kept", kept),
         ("dropped", len(decided) - kept),
     ]
-    items = "".join(f"<div class='count'><b>{n}</b><span>{_e(k)}</span></div>" for k, n in cells)
+    items = "".join(
+        f"<div class='count'><b>{n}</b><span>{escape(k)}</span></div>" for k, n in cells
+    )
     return f"<section id='counts'><h2>Counts</h2><div class='counts'>{items}</div></section>"
 
 
@@ -179,8 +178,8 @@ def _failures(rows) -> str:
     for kind, n in by_type.most_common():
         example = next(e for e in errors if e.get("type", "?") == kind)
         lines.append(
-            f"<tr><td>{_e(kind)}</td><td>{n}</td><td>{_e(example.get('stage', ''))}</td>"
-            f"<td>{_e(str(example.get('message', ''))[:200])}</td></tr>"
+            f"<tr><td>{escape(kind)}</td><td>{n}</td><td>{escape(example.get('stage', ''))}</td>"
+            f"<td>{escape(str(example.get('message', ''))[:200])}</td></tr>"
         )
     table = "".join(lines) or "<tr><td colspan='4'>no failures</td></tr>"
     return (
@@ -193,7 +192,7 @@ def _reasons(good) -> str:
     counts = Counter(
         reason.split(":")[0] for r in good for reason in r["result_info"].get("reasons") or []
     )
-    lines = "".join(f"<tr><td>{_e(k)}</td><td>{n}</td></tr>" for k, n in counts.most_common())
+    lines = "".join(f"<tr><td>{escape(k)}</td><td>{n}</td></tr>" for k, n in counts.most_common())
     lines = lines or "<tr><td colspan='2'>no video dropped</td></tr>"
     return (
         "<section id='reasons'><h2>Dropped, by rule</h2><table><tr><th>rule</th><th>videos</th>"
@@ -220,7 +219,7 @@ def _timelines(good) -> str:
         length = max([*ends, *times, *(e for _, e, _ in windows), 0.0])
         count = len(times) if cuts else "-"
         lines.append(
-            f"<tr><td>{_e(row['video_id'])}</td><td>{count}</td>"
+            f"<tr><td>{escape(row['video_id'])}</td><td>{count}</td>"
             f"<td>{timeline_svg(times, kinds, seconds=length, windows=windows)}</td></tr>"
         )
     more = len(shown) - TIMELINES
@@ -238,78 +237,16 @@ def _info(row: dict[str, Any]) -> dict[str, Any]:
     return row.get("info") or {}
 
 
-CAMERA_COLOURS = {
-    "static": "#e4e4e4", "pan": "#bfe3c4", "tilt": "#c4d9f2", "zoom": "#f5deb0",
-    "shaky": "#f4b6b6", "mixed": "#d9c3ee",
-}  # fmt: skip
-
-
-def _camera_colour(label: str) -> str:
-    return CAMERA_COLOURS.get(label.split("_")[0], "#eeeeee")
-
-
-def timeline_svg(
-    times: list[float],
-    kinds: list[str],
-    *,
-    seconds: float,
-    windows: list[tuple[float, float, str]] = (),
-) -> str:
-    """An inline SVG strip of `seconds` with a mark at each transition: red for a hard cut,
-    orange for a fade; each mark's title gives its time. `windows` (start, end, camera label)
-    shade the strip behind them, each window from its start to the next one's."""
-    w, h, pad = TIMELINE_W, TIMELINE_H, 4
-    span = max(seconds, max(times, default=0.0), 1e-6)
-
-    def x_at(t: float) -> float:
-        return pad + (w - 2 * pad) * t / span
-
-    bands, top = [], (h - 12) / 2 + 3  # under the axis
-    ordered = sorted(windows)
-    for i, (start, end, label) in enumerate(ordered):
-        stop = ordered[i + 1][0] if i + 1 < len(ordered) else end
-        x0, x1 = x_at(start), x_at(max(stop, start))
-        text = label.replace("_", " ")
-        words = (
-            f"<text x='{(x0 + x1) / 2:.1f}' y='{h - 14}' font-size='9' text-anchor='middle'>"
-            f"{_e(text)}</text>"
-            if x1 - x0 >= 6 * len(text)
-            else ""
-        )
-        bands.append(
-            f"<rect class='camera {_e(label)}' x='{x0:.1f}' y='{top}' width='{x1 - x0:.1f}' "
-            f"height='{h - 12 - top}' fill='{_camera_colour(label)}'><title>camera {_e(label)} "
-            f"{start:.1f}-{end:.1f} s</title></rect>{words}"
-        )
-    marks = []
-    for t, kind in zip(times, kinds, strict=False):
-        x = x_at(t)
-        colour = "#e08a00" if kind == "fade" else "#c33"
-        marks.append(
-            f"<line class='mark {_e(kind)}' x1='{x:.1f}' x2='{x:.1f}' y1='2' y2='{h - 12}' "
-            f"stroke='{colour}' stroke-width='3'><title>{_e(kind)} at {t:.2f} s</title></line>"
-        )
-    axis = (
-        f"<rect x='{pad}' y='{(h - 12) / 2 - 2}' width='{w - 2 * pad}' height='4' fill='#ccc'/>"
-        f"<text x='{pad}' y='{h - 1}' font-size='10'>0 s</text>"
-        f"<text x='{w - pad}' y='{h - 1}' font-size='10' text-anchor='end'>{span:.1f} s</text>"
-    )
-    return (
-        f"<svg class='timeline' xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}'>"
-        f"{''.join(bands)}{axis}{''.join(marks)}</svg>"
-    )
-
-
 def _section(key, paths, good, scores, rules, owner, thumbs) -> str:
     charts, constant = [], []
     for path in paths:
         values = np.array([s[path] for s in scores if path in s])
         rule = next((r for r in rules if ".".join(info_path(r)) == path), None)
         if rule is None and len(values) and values.min() == values.max():
-            constant.append(f"{_e(path)} = {values[0]:g}")  # a flat chart says less than this
+            constant.append(f"{escape(path)} = {values[0]:g}")  # a flat chart says less than this
             continue
         charts.append(
-            f"<figure><figcaption>{_e(path)} (n={len(values)})</figcaption>"
+            f"<figure><figcaption>{escape(path)} (n={len(values)})</figcaption>"
             f"{histogram_svg(values, marker=rule.bound if rule else None)}"
             f"<figcaption>keep rate vs threshold ({_rule_text(rule, path)})</figcaption>"
             f"{_keep_curve(values, rule)}</figure>"
@@ -329,7 +266,7 @@ def _section(key, paths, good, scores, rules, owner, thumbs) -> str:
     ]
     strips.append(_strip(f"dropped by {owner}", dropped, order, thumbs, reasons=True))
     return (
-        f"<section class='filter' id='f-{_e(key)}'><h2>{_e(key)}</h2>"
+        f"<section class='filter' id='f-{escape(key)}'><h2>{escape(key)}</h2>"
         f"<div class='charts'>{''.join(charts)}</div>{_constant(constant)}{''.join(strips)}"
         "</section>"
     )
@@ -342,9 +279,9 @@ def _constant(items: list[str]) -> str:
 def _rule_text(rule: Rule | None, path: str) -> str:
     """HTML: which way the keep-rate curve counts, and the rule it marks."""
     if rule is None:
-        return f"keep when {_e(path)} &ge; t"
+        return f"keep when {escape(path)} &ge; t"
     sign = "&ge;" if rule.op == "min" else "&le;"
-    return f"rule {_e(rule.name)}: keep when {sign} {rule.bound:g}"
+    return f"rule {escape(rule.name)}: keep when {sign} {rule.bound:g}"
 
 
 def _keep_curve(values: np.ndarray, rule: Rule | None) -> str:
@@ -373,145 +310,15 @@ def _strip(title, items, order, thumbs, *, reasons=False) -> str:
         )
         why = ""
         if reasons:
-            why = "<br>".join(_e(x) for x in row["result_info"].get("reasons") or [])
+            why = "<br>".join(escape(x) for x in row["result_info"].get("reasons") or [])
             why = f"<div class='why'>{why}</div>"
         shown = "-" if value is None else f"{value:.4g}"
         cards.append(
-            f"<div class='card'>{picture}<div>{_e(row['video_id'])}</div>"
-            f"<div>{_e(order)} = {shown}</div>{why}</div>"
+            f"<div class='card'>{picture}<div>{escape(row['video_id'])}</div>"
+            f"<div>{escape(order)} = {shown}</div>{why}</div>"
         )
     inner = "".join(cards) or "<div class='none'>none</div>"
-    return f"<h3>{_e(title)}</h3><div class='strip'>{inner}</div>"
-
-
-class Thumbnails:
-    """Base64 JPEG strips of a few frames per video, decoded once per video."""
-
-    def __init__(self, *, frames: int = FRAMES, height: int = THUMB_HEIGHT):
-        self.frames = frames
-        self.height = height
-        self._cache: dict[str, str | None] = {}
-
-    def get(self, row: dict[str, Any]) -> str | None:
-        url = str(row.get("video_oss_url") or "")
-        if url not in self._cache:
-            self._cache[url] = self._make(url)
-        return self._cache[url]
-
-    def _make(self, url: str) -> str | None:
-        path = Path(url[7:] if url.startswith("file://") else url)
-        if "://" in url and not url.startswith("file://") or not path.is_file():
-            return None  # remote or gone: the report still shows the scores
-        try:
-            pictures = sample_frames(path, count=self.frames, height=self.height)
-        except Exception:  # a file the run could not decode either: no thumbnail
-            return None
-        if not pictures:
-            return None
-        return base64.b64encode(jpeg(np.concatenate(pictures, axis=1))).decode()
-
-
-def sample_frames(path: Path, *, count: int, height: int) -> list[np.ndarray]:
-    """`count` frames spread over the video, as (height, w, 3) RGB, w keeping the aspect."""
-    import av
-
-    out = []
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        duration = float(stream.duration * stream.time_base) if stream.duration else 0.0
-        duration = duration or (container.duration or 0) / 1e6
-        for t in (np.arange(count) + 0.5) * duration / count:
-            # seek to the keyframe before t, then decode up to t: a few frames, not the video
-            container.seek(int(t / stream.time_base), stream=stream, backward=True)
-            frame = None
-            for frame in container.decode(stream):
-                if frame.time is None or frame.time >= t - 1e-3:
-                    break
-            if frame is not None:
-                width = max(2, round(frame.width * height / frame.height) // 2 * 2)
-                out.append(frame.to_ndarray(format="rgb24", width=width, height=height))
-    return out
-
-
-def jpeg(rgb: np.ndarray) -> bytes:
-    """(H, W, 3) uint8 RGB as JPEG bytes, encoded by FFmpeg's MJPEG encoder."""
-    from fractions import Fraction
-
-    import av
-
-    h, w = rgb.shape[:2]
-    rgb = np.ascontiguousarray(rgb[: h // 2 * 2, : w // 2 * 2])
-    ctx = av.CodecContext.create("mjpeg", "w")
-    ctx.width, ctx.height = rgb.shape[1], rgb.shape[0]
-    ctx.pix_fmt = "yuvj420p"
-    ctx.time_base = Fraction(1, 25)
-    ctx.options = {"qmin": "2", "qmax": "5"}
-    frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuvj420p")
-    packets = list(ctx.encode(frame)) + list(ctx.encode(None))
-    return b"".join(bytes(p) for p in packets)
-
-
-def histogram_svg(values: np.ndarray, *, bins: int = 20, marker: float | None = None) -> str:
-    """An inline SVG histogram of `values`, with an optional vertical marker (a threshold)."""
-    if len(values) == 0:
-        return "<svg width='1' height='1'></svg>"
-    lo, hi = float(values.min()), float(values.max())
-    if marker is not None:
-        lo, hi = min(lo, marker), max(hi, marker)
-    if hi <= lo:
-        lo, hi = lo - 0.5, hi + 0.5
-    counts, _ = np.histogram(values, bins=bins, range=(lo, hi))
-    top = max(1, int(counts.max()))
-    bw = PLOT_W / bins
-    bars = "".join(
-        f"<rect x='{PAD + i * bw:.1f}' y='{PAD + PLOT_H * (1 - c / top):.1f}' "
-        f"width='{max(bw - 1, 1):.1f}' height='{PLOT_H * c / top:.1f}' fill='#4a7ab5'/>"
-        for i, c in enumerate(counts)
-        if c
-    )
-    return _frame(bars + _marker(marker, lo, hi), lo, hi, f"max {top}")
-
-
-def curve_svg(xs: np.ndarray, ys: np.ndarray, *, marker: float | None = None) -> str:
-    """An inline SVG line of ys (0..1) over xs, with an optional vertical marker."""
-    lo, hi = float(xs.min()), float(xs.max())
-    if hi <= lo:
-        lo, hi = lo - 0.5, hi + 0.5
-    points = " ".join(
-        f"{PAD + PLOT_W * (x - lo) / (hi - lo):.1f},{PAD + PLOT_H * (1 - y):.1f}"
-        for x, y in zip(xs, ys, strict=True)
-    )
-    line = f"<polyline points='{points}' fill='none' stroke='#2a8a4a' stroke-width='2'/>"
-    label = ""
-    if marker is not None and len(xs):
-        at = float(np.interp(marker, xs, ys))
-        label = f"keep {at:.0%} at {marker:g}"
-    return _frame(line + _marker(marker, lo, hi), lo, hi, label or "keep rate 0..1")
-
-
-PAD, PLOT_W, PLOT_H = 6, 260, 90
-
-
-def _marker(value: float | None, lo: float, hi: float) -> str:
-    if value is None:
-        return ""
-    x = PAD + PLOT_W * (value - lo) / (hi - lo)
-    return f"<line x1='{x:.1f}' x2='{x:.1f}' y1='{PAD}' y2='{PAD + PLOT_H}' stroke='#c33' stroke-dasharray='4 2'/>"
-
-
-def _frame(content: str, lo: float, hi: float, note: str) -> str:
-    w, h = PLOT_W + 2 * PAD, PLOT_H + 2 * PAD + 14
-    axis = f"<line x1='{PAD}' x2='{PAD + PLOT_W}' y1='{PAD + PLOT_H}' y2='{PAD + PLOT_H}' stroke='#999'/>"
-    text = (
-        f"<text x='{PAD}' y='{h - 2}' font-size='10'>{lo:.4g}</text>"
-        f"<text x='{PAD + PLOT_W}' y='{h - 2}' font-size='10' text-anchor='end'>{hi:.4g}</text>"
-        f"<text x='{PAD + PLOT_W / 2}' y='{h - 2}' font-size='10' text-anchor='middle'>{_e(note)}</text>"
-    )
-    return f"<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}'>{content}{axis}{text}</svg>"
-
-
-def _e(text: Any) -> str:
-    return html.escape(str(text), quote=True)
+    return f"<h3>{escape(title)}</h3><div class='strip'>{inner}</div>"
 
 
 CSS = """
